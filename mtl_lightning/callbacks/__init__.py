@@ -1,0 +1,6 @@
+"""Callbacks: one concept per file."""
+
+from mtl_lightning.callbacks.reversal_schedule import GradientReversalSchedule, grl_lambda
+from mtl_lightning.callbacks.summary import MultiTaskSummary
+
+__all__ = ["GradientReversalSchedule", "MultiTaskSummary", "grl_lambda"]

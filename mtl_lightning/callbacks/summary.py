@@ -1,0 +1,126 @@
+"""`MultiTaskSummary`: TensorBoard layout and HParams, final per-task table and ``summary.json``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from mtl_lightning.summary import format_table, task_results, update_summary
+from mtl_lightning.tasks import TaskSpec
+
+
+def tensorboard_layout(tasks: list[TaskSpec]) -> dict[str, dict[str, list[Any]]]:
+    """Custom-scalars layout: per task and stage, accuracy, balanced accuracy and chance together.
+
+    Example:
+        >>> layout = tensorboard_layout([TaskSpec("emotion", 5)])
+        >>> layout["val: accuracy vs chance"]["emotion"][1][:3]
+        ['val/emotion/acc', 'val/emotion/balanced_acc', 'val/emotion/chance']
+    """
+    layout: dict[str, dict[str, list[Any]]] = {}
+    for stage in ("val", "train", "test"):
+        charts: dict[str, list[Any]] = {}
+        for t in tasks:
+            if t.is_classification:
+                tags = [f"{stage}/{t.name}/{k}" for k in ("acc", "balanced_acc", "chance", "majority")]
+            else:
+                tags = [f"{stage}/{t.name}/{k}" for k in ("mse", "mae")]
+            charts[t.name] = ["Multiline", tags]
+        layout[f"{stage}: accuracy vs chance"] = charts
+    layout["losses"] = {
+        "total": ["Multiline", ["train/loss_epoch", "val/loss", "test/loss"]],
+        **{t.name: ["Multiline", [f"{s}/{t.name}/loss" for s in ("train", "val", "test")]]
+           for t in tasks},
+    }
+    layout["adversary"] = {"gradient reversal lambda": ["Multiline", ["train/grl_lambda"]]}
+    return layout
+
+
+def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def _flat_hparams(pl_module: pl.LightningModule) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, value in dict(pl_module.hparams).items():
+        if key == "tasks":
+            for spec in value:
+                params[f"task/{spec['name']}"] = f"{spec['role']} {spec['kind']} K={spec['size']} w={spec['weight']}"
+        elif isinstance(value, (int, float, str, bool)):
+            params[key] = value
+        else:
+            params[key] = str(value)
+    return params
+
+
+class MultiTaskSummary(pl.Callback):
+    """Write the run's per-task results and set up its TensorBoard dashboards.
+
+    At fit start (rank zero): the custom-scalars layout that puts each task's accuracy, balanced
+    accuracy and chance line in one chart. At fit end: prints the per-task table (task, role, val
+    accuracy, balanced accuracy, chance, verdict), writes it to ``summary.json`` in the run
+    directory and logs the hyperparameters with the final metrics to the HParams tab. After
+    ``test`` the test results are added to ``summary.json``.
+
+    Args:
+        print_table: Print the table to stdout.
+    """
+
+    def __init__(self, print_table: bool = True) -> None:
+        self.print_table = print_table
+
+    @staticmethod
+    def summary_path(trainer: pl.Trainer) -> str | None:
+        """``summary.json`` in the run directory, or None without a logger."""
+        return os.path.join(trainer.log_dir, "summary.json") if trainer.log_dir else None
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tb = _tensorboard(trainer)
+        if tb is not None and hasattr(pl_module, "tasks"):
+            tb.experiment.add_custom_scalars(tensorboard_layout(pl_module.tasks))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, pl_module, "test")
+
+    @rank_zero_only
+    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "tasks") or trainer.sanity_checking:
+            return
+        metrics = dict(trainer.callback_metrics)
+        rows = task_results(pl_module.tasks, metrics, stage)
+        payload: dict[str, Any] = {
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "loss": float(metrics[f"{stage}/loss"]) if f"{stage}/loss" in metrics else None,
+            "tasks": rows,
+        }
+        if stage == "val":
+            payload["grl_lambda"] = float(getattr(pl_module, "grl_lambda", float("nan")))
+            ckpt = trainer.checkpoint_callback
+            payload["best_checkpoint"] = getattr(ckpt, "best_model_path", None) or None
+            payload["last_checkpoint"] = getattr(ckpt, "last_model_path", None) or None
+        if self.print_table:
+            print(f"\nPer-task results ({stage}, epoch {trainer.current_epoch}):")
+            print(format_table(rows, stage))
+        path = self.summary_path(trainer)
+        if path is None:
+            return
+        update_summary(path, stage, payload)
+        if self.print_table:
+            print(f"summary written to {path}")
+        tb = _tensorboard(trainer)
+        if tb is not None and stage == "val":
+            hp_metrics = {}
+            for r in rows:
+                for key in ("acc", "balanced_acc", "mse"):
+                    if key in r and r[key] == r[key]:
+                        hp_metrics[f"hp/{r['task']}/{key}"] = r[key]
+            tb.log_hyperparams(_flat_hparams(pl_module), hp_metrics)

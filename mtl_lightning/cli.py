@@ -1,0 +1,44 @@
+"""`python -m mtl_lightning fit|validate|test|predict`: LightningCLI with tasks linked once."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mtl_lightning.callbacks import GradientReversalSchedule, MultiTaskSummary
+from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.module import MultiTaskModule
+
+DEFAULT_CONFIG = str(resources.files("mtl_lightning") / "resources" / "default.yaml")
+
+
+class MultiTaskCLI(LightningCLI):
+    """LightningCLI for :class:`MultiTaskModule`.
+
+    The datamodule declares the tasks and ``data.tasks`` is linked into ``model.tasks``. Two
+    callbacks are always present and configured at the top level: ``reversal``
+    (:class:`GradientReversalSchedule`) and ``summary`` (:class:`MultiTaskSummary`). With no
+    ``--config``, the packaged speaker-adversarial default is used.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(GradientReversalSchedule, "reversal")
+        parser.add_lightning_class_args(MultiTaskSummary, "summary")
+        parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI:
+    """Entry point of ``python -m mtl_lightning``; ``args`` defaults to ``sys.argv[1:]``."""
+    return MultiTaskCLI(
+        MultiTaskModule,
+        MultiTaskDataModule,
+        subclass_mode_data=True,
+        parser_kwargs={
+            cmd: {"default_config_files": [DEFAULT_CONFIG]}
+            for cmd in ("fit", "validate", "test", "predict")
+        },
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )

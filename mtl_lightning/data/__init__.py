@@ -1,0 +1,11 @@
+"""LightningDataModules that declare their tasks."""
+
+from mtl_lightning.data.base import MultiTaskDataModule, TensorTaskDataset
+from mtl_lightning.data.synthetic import SyntheticSpeechDataModule, make_speech_features
+
+__all__ = [
+    "MultiTaskDataModule",
+    "SyntheticSpeechDataModule",
+    "TensorTaskDataset",
+    "make_speech_features",
+]

@@ -1,0 +1,7 @@
+"""Plain torch modules (no Lightning): trunks, heads, gradient reversal."""
+
+from mtl_lightning.nn.heads import MLPHead
+from mtl_lightning.nn.reversal import GradientReversal, gradient_reversal
+from mtl_lightning.nn.trunks import CNNTrunk
+
+__all__ = ["CNNTrunk", "GradientReversal", "MLPHead", "gradient_reversal"]

@@ -1,0 +1,131 @@
+"""Per-task result summary: verdicts against chance, a printable table and ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mtl_lightning.tasks import TaskSpec
+
+CHANCE_TOLERANCE = 0.05
+
+
+def verdict(task: TaskSpec, balanced_acc: float, tolerance: float = CHANCE_TOLERANCE) -> str:
+    """Judge a task's balanced accuracy against its chance level ``1/K``.
+
+    An adversary *below* chance is confidently wrong, which still leaks the attribute, so only
+    ``|balanced_acc - chance| <= tolerance`` counts as "at chance".
+
+    Example:
+        >>> adv = TaskSpec("speaker", 10, role="adversarial")
+        >>> verdict(adv, 0.12), verdict(adv, 0.30), verdict(adv, 0.01)
+        ('at chance', 'above chance (leaks)', 'below chance (leaks)')
+        >>> verdict(TaskSpec("emotion", 5), 0.93)
+        'learned'
+    """
+    if not task.is_classification or not math.isfinite(balanced_acc):
+        return "n/a"
+    delta = balanced_acc - task.chance
+    if task.adversarial:
+        if abs(delta) <= tolerance:
+            return "at chance"
+        return "above chance (leaks)" if delta > 0 else "below chance (leaks)"
+    return "learned" if delta > tolerance else "not learned (at chance)"
+
+
+def _value(metrics: Mapping[str, Any], key: str) -> float:
+    value = metrics.get(key)
+    if value is None:
+        return float("nan")
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+def task_results(
+    tasks: Sequence[TaskSpec], metrics: Mapping[str, Any], stage: str = "val"
+) -> list[dict[str, Any]]:
+    """One record per task from logged ``{stage}/{task}/...`` metrics, with its verdict.
+
+    Example:
+        >>> rows = task_results([TaskSpec("a", 2)], {"val/a/acc": 0.9, "val/a/balanced_acc": 0.8})
+        >>> rows[0]["verdict"], rows[0]["chance"]
+        ('learned', 0.5)
+    """
+    rows = []
+    for task in tasks:
+        keys = ("loss", "acc", "balanced_acc", "f1", "majority") if task.is_classification else (
+            "loss", "mse", "mae")
+        record: dict[str, Any] = {"task": task.name, "role": task.role, "kind": task.kind,
+                                  "size": task.size}
+        for key in keys:
+            record[key] = _value(metrics, f"{stage}/{task.name}/{key}")
+        if task.is_classification:
+            record["chance"] = task.chance
+            record["verdict"] = verdict(task, record["balanced_acc"])
+        rows.append(record)
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], stage: str = "val") -> str:
+    """Plain-text table: task, role, accuracy, balanced accuracy, chance, verdict.
+
+    Example:
+        >>> print(format_table(task_results([TaskSpec("a", 2)], {"val/a/balanced_acc": 0.5})))
+        task  role  val acc  val balanced acc  chance  verdict
+        a     main      nan             0.500   0.500  not learned (at chance)
+    """
+    header = ["task", "role", f"{stage} acc", f"{stage} balanced acc", "chance", "verdict"]
+    body = []
+    for r in rows:
+        if r["kind"] == "classification":
+            body.append([r["task"], r["role"], f"{r['acc']:.3f}", f"{r['balanced_acc']:.3f}",
+                         f"{r['chance']:.3f}", r["verdict"]])
+        else:
+            body.append([r["task"], r["role"], f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-", "-"])
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    numeric = {2, 3, 4}
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return "\n".join([line(header)] + [line(b) for b in body])
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON through a temporary file and ``os.replace`` so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(data), f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_summary(path: str | os.PathLike[str], section: str, payload: Any) -> dict[str, Any]:
+    """Merge ``payload`` under ``section`` into the JSON file at ``path`` (created if absent)."""
+    path = Path(path)
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    data[section] = payload
+    write_json_atomic(path, data)
+    return data

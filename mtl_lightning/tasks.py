@@ -1,0 +1,93 @@
+"""`TaskSpec`: the one description of a task that every other part loops over."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+TaskKind = Literal["classification", "regression"]
+TaskRole = Literal["main", "adversarial"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Describe one task of a multi-task model.
+
+    Args:
+        name: Unique task name; used in metric tags (``val/{name}/acc``) and batch keys.
+        size: Number of classes (classification) or outputs (regression).
+        kind: ``"classification"`` (cross-entropy) or ``"regression"`` (mean squared error).
+        role: ``"main"`` tasks are learned; ``"adversarial"`` tasks sit behind gradient
+            reversal so the shared representation is trained to carry no information about them.
+        weight: Static weight of the task's loss in the total.
+
+    Example:
+        >>> spec = TaskSpec("speaker", 11, role="adversarial")
+        >>> spec.adversarial, round(spec.chance, 4)
+        (True, 0.0909)
+    """
+
+    name: str
+    size: int
+    kind: TaskKind = "classification"
+    role: TaskRole = "main"
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or not self.name.strip() == self.name:
+            raise ValueError(f"TaskSpec name {self.name!r} must be non-empty, without '/' or spaces")
+        if self.kind not in ("classification", "regression"):
+            raise ValueError(
+                f"task {self.name!r}: kind must be 'classification' or 'regression', got {self.kind!r}"
+            )
+        if self.role not in ("main", "adversarial"):
+            raise ValueError(
+                f"task {self.name!r}: role must be 'main' or 'adversarial', got {self.role!r}"
+            )
+        minimum = 2 if self.kind == "classification" else 1
+        if not isinstance(self.size, int) or self.size < minimum:
+            raise ValueError(
+                f"task {self.name!r}: size must be an integer >= {minimum} for {self.kind}, "
+                f"got {self.size!r}"
+            )
+        if not (self.weight >= 0.0) or self.weight == float("inf"):
+            raise ValueError(f"task {self.name!r}: weight must be finite and >= 0, got {self.weight}")
+
+    @property
+    def adversarial(self) -> bool:
+        """Whether the task is trained adversarially (behind gradient reversal)."""
+        return self.role == "adversarial"
+
+    @property
+    def is_classification(self) -> bool:
+        """Whether the task is a classification task."""
+        return self.kind == "classification"
+
+    @property
+    def chance(self) -> float:
+        """Chance level of balanced accuracy (``1 / size``); NaN for regression."""
+        return 1.0 / self.size if self.is_classification else float("nan")
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-dict form, for hyperparameter logging and ``summary.json``."""
+        return asdict(self)
+
+
+def validate_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
+    """Check a task list: non-empty, unique names, at least one main task.
+
+    Example:
+        >>> [t.name for t in validate_tasks([TaskSpec("a", 2), TaskSpec("b", 3)])]
+        ['a', 'b']
+    """
+    tasks = [TaskSpec(**t) if isinstance(t, dict) else t for t in tasks]
+    if not tasks:
+        raise ValueError("at least one TaskSpec is required")
+    names = [t.name for t in tasks]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate task names: {duplicates}")
+    if not any(not t.adversarial for t in tasks):
+        raise ValueError("at least one task must have role='main'; all tasks are adversarial")
+    return tasks

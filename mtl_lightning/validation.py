@@ -1,0 +1,120 @@
+"""Batch checks that turn bad input into errors naming the task, sample and value at fault."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtl_lightning.tasks import TaskSpec
+
+_MAX_LISTED = 10
+
+
+class BatchError(ValueError):
+    """A batch does not match the model's declared tasks or contains invalid values."""
+
+
+def _listed(values: Sequence[object]) -> str:
+    head = ", ".join(str(v) for v in values[:_MAX_LISTED])
+    more = len(values) - _MAX_LISTED
+    return f"[{head}{f', ... ({more} more)' if more > 0 else ''}]"
+
+
+def unpack_batch(batch: object, batch_idx: int = 0) -> tuple[Tensor, Mapping[str, Tensor]]:
+    """Split a ``{"features": x, "targets": {task: y}}`` batch, checking its structure."""
+    if not isinstance(batch, Mapping) or "features" not in batch or "targets" not in batch:
+        got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise BatchError(
+            f"batch {batch_idx}: expected a mapping with keys 'features' and 'targets' "
+            f"({{task: labels}}), got {got}"
+        )
+    features, targets = batch["features"], batch["targets"]
+    if not isinstance(features, Tensor):
+        raise BatchError(f"batch {batch_idx}: 'features' must be a tensor, got {type(features)}")
+    if not isinstance(targets, Mapping):
+        raise BatchError(f"batch {batch_idx}: 'targets' must map task name -> labels")
+    return features, targets
+
+
+def check_batch(
+    features: Tensor, targets: Mapping[str, Tensor], tasks: Sequence[TaskSpec], batch_idx: int = 0
+) -> None:
+    """Raise :class:`BatchError` if the batch does not fit the declared tasks.
+
+    Checks: every declared task has labels and no undeclared task does; features are finite;
+    class labels are integers in ``[0, K)``; regression targets are finite and shaped
+    ``[batch, size]`` (or ``[batch]`` when ``size == 1``); label counts match the batch size.
+
+    Example:
+        >>> from mtl_lightning.tasks import TaskSpec
+        >>> check_batch(torch.zeros(2, 3), {"a": torch.tensor([0, 5])}, [TaskSpec("a", 3)], 7)
+        Traceback (most recent call last):
+        ...
+        mtl_lightning.validation.BatchError: batch 7, task 'a': labels must be in [0, 3); found 5 at sample(s) [1]
+    """
+    names = [t.name for t in tasks]
+    unknown = sorted(set(targets) - set(names))
+    if unknown:
+        raise BatchError(
+            f"batch {batch_idx}: labels for unknown task(s) {unknown}; the model's tasks are {names}"
+        )
+    missing = [n for n in names if n not in targets]
+    if missing:
+        raise BatchError(
+            f"batch {batch_idx}: no labels for declared task(s) {missing}; "
+            f"the batch has labels for {sorted(targets)}"
+        )
+    finite = torch.isfinite(features)
+    if not bool(finite.all()):
+        bad = (~finite).reshape(features.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+        kinds = []
+        if bool(torch.isnan(features).any()):
+            kinds.append("NaN")
+        if bool(torch.isinf(features).any()):
+            kinds.append("inf")
+        raise BatchError(
+            f"batch {batch_idx}: features contain {'/'.join(kinds)} at sample(s) {_listed(bad)}"
+        )
+    batch_size = features.shape[0]
+    for task in tasks:
+        y = targets[task.name]
+        where = f"batch {batch_idx}, task {task.name!r}"
+        if not isinstance(y, Tensor):
+            raise BatchError(f"{where}: labels must be a tensor, got {type(y).__name__}")
+        if y.shape[0] != batch_size:
+            raise BatchError(f"{where}: {y.shape[0]} labels for {batch_size} samples")
+        if task.is_classification:
+            _check_classes(y, task, where)
+        else:
+            _check_regression(y, task, where)
+
+
+def _check_classes(y: Tensor, task: TaskSpec, where: str) -> None:
+    if y.dim() != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise BatchError(
+            f"{where}: class labels must be a 1-D integer tensor, got shape {list(y.shape)} "
+            f"dtype {y.dtype}"
+        )
+    bad = ((y < 0) | (y >= task.size)).nonzero().flatten()
+    if bad.numel():
+        values = sorted(set(y[bad].tolist()))
+        raise BatchError(
+            f"{where}: labels must be in [0, {task.size}); found {_listed(values)[1:-1]} "
+            f"at sample(s) {_listed(bad.tolist())}"
+        )
+
+
+def _check_regression(y: Tensor, task: TaskSpec, where: str) -> None:
+    expected = [[y.shape[0], task.size]] + ([[y.shape[0]]] if task.size == 1 else [])
+    if list(y.shape) not in expected or not y.is_floating_point():
+        raise BatchError(
+            f"{where}: regression targets must be a float tensor of shape {expected[0]}, "
+            f"got shape {list(y.shape)} dtype {y.dtype}"
+        )
+    finite = torch.isfinite(y).reshape(y.shape[0], -1).all(dim=1)
+    if not bool(finite.all()):
+        raise BatchError(
+            f"{where}: targets contain NaN/inf at sample(s) {_listed((~finite).nonzero().flatten().tolist())}"
+        )
