@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from mtl_lightning.metrics import ClassCounts, task_metrics
+from mtl_lightning.metrics import ClassCounts, majority_rate, task_metrics
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
 from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, unpack_batch
@@ -186,9 +186,10 @@ class MultiTaskModule(pl.LightningModule):
             if not task.is_classification:
                 continue
             self.log(f"{stage}/{task.name}/chance", task.chance, sync_dist=False)
-            counts = self.train_class_counts[task.name]
-            # sums the counts across ranks (torchmetrics sync); every rank calls it here
-            majority = counts.compute()
+            counts = self.train_class_counts[task.name].counts.clone()
+            if self._trainer is not None:  # sum the training-label counts over DDP ranks
+                counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+            majority = majority_rate(counts)
             if not torch.isnan(majority):
                 self.log(f"{stage}/{task.name}/majority", float(majority), sync_dist=False)
 

@@ -1,0 +1,101 @@
+"""The CLI entry: every config runs, the default run writes its run directory, extra commands."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mtl_lightning.cli import DEFAULT_CONFIG, main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+TINY = ["--data.init_args.per_pair", "2", "--data.init_args.per_pair_eval", "1",
+        "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_fast_dev_run_for_every_config(config, in_tmp):
+    cli = main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true",
+                "--trainer.enable_progress_bar", "false"])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+
+
+def test_default_is_the_speaker_adversarial_config():
+    default = yaml.safe_load(Path(DEFAULT_CONFIG).read_text())
+    explicit = yaml.safe_load((ROOT / "configs" / "speaker_adversarial.yaml").read_text())
+    baseline = yaml.safe_load((ROOT / "configs" / "speaker_baseline.yaml").read_text())
+    assert default == explicit
+    assert default["reversal"] == {"schedule": "dann", "max_lambda": 1.0, "gamma": 10.0}
+    assert baseline["reversal"]["max_lambda"] == 0.0
+    baseline["reversal"] = default["reversal"]
+    assert baseline == default  # identical but for lambda
+
+
+def test_default_fit_writes_run_directory(in_tmp, capsys):
+    cli = main(["fit", *TINY, "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1"])
+    run = in_tmp / "lightning_logs" / "version_0"
+    assert Path(cli.trainer.log_dir) == Path("lightning_logs/version_0")
+    assert (run / "config.yaml").exists()
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert list(run.glob("events.out.tfevents.*"))
+    summary = json.loads((run / "summary.json").read_text())["val"]
+    assert [t["task"] for t in summary["tasks"]] == ["emotion", "speaker"]
+    speaker = summary["tasks"][1]
+    assert speaker["role"] == "adversarial" and speaker["chance"] == pytest.approx(1 / 11)
+    assert speaker["verdict"] in {"at chance", "above chance (leaks)", "below chance (leaks)"}
+    assert 0.0 <= summary["tasks"][0]["balanced_acc"] <= 1.0
+    assert summary["grl_lambda"] > 0
+    out = capsys.readouterr().out
+    assert "task     role         val acc  val balanced acc  chance  verdict" in out
+    assert "speaker  adversarial" in out
+
+    tags, plugins = _event_contents(run)
+    for task in ("emotion", "speaker"):
+        for key in ("loss", "acc", "balanced_acc", "f1", "chance", "majority"):
+            assert f"val/{task}/{key}" in tags
+            assert f"train/{task}/{key}" in tags
+    assert {"train/grl_lambda", "val/loss"} <= tags
+    assert {"custom_scalars", "hparams"} <= plugins
+
+    # the same run can be validated, tested and predicted from its checkpoint
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    for command in ("validate", "test", "predict"):
+        main([command, *TINY, "--ckpt_path", ckpt])
+    test = json.loads((in_tmp / "lightning_logs" / "version_2" / "summary.json").read_text())
+    assert test["test"]["tasks"][0]["task"] == "emotion"
+
+
+def _event_contents(run: Path) -> tuple[set[str], set[str]]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags, plugins = set(), set()
+    for path in run.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                tags.add(value.tag)
+                if value.metadata.plugin_data.plugin_name:
+                    plugins.add(value.metadata.plugin_data.plugin_name)
+    return tags, plugins
+
+
+def test_help_lists_subcommands_and_print_config_works():
+    out = subprocess.run([sys.executable, "-m", "mtl_lightning", "--help"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    for command in ("fit", "validate", "test", "predict"):
+        assert command in out
+    printed = subprocess.run([sys.executable, "-m", "mtl_lightning", "fit", "--print_config"],
+                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    config = yaml.safe_load(printed)
+    assert config["data"]["class_path"] == "mtl_lightning.data.SyntheticSpeechDataModule"
+    assert config["reversal"]["schedule"] == "dann"
+    assert "tasks" not in config["model"]  # linked from the datamodule, declared once
+
+
+def test_config_typo_is_a_clear_error(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.class_path", "mtl_lightning.data.SynteticSpeechDataModule"])
+    assert "SynteticSpeechDataModule" in capsys.readouterr().err
