@@ -74,11 +74,15 @@ class MultiTaskModule(pl.LightningModule):
                 "(the size of the shared embedding)"
             )
         self.reversal = GradientReversal(grl_lambda)
-        self.heads = nn.ModuleDict({t.name: MLPHead(width, t.size, head_hidden) for t in self.tasks})
+        self.heads = nn.ModuleDict(
+            {t.name: MLPHead(width, t.size, head_hidden) for t in self.tasks}
+        )
         # "train" is an nn.Module method, so stages are keyed "train_metrics", "val_metrics", ...
         self.stage_metrics = nn.ModuleDict(
-            {f"{s}_metrics": nn.ModuleDict({t.name: task_metrics(t) for t in self.tasks})
-             for s in STAGES}
+            {
+                f"{s}_metrics": nn.ModuleDict({t.name: task_metrics(t) for t in self.tasks})
+                for s in STAGES
+            }
         )
         self.train_class_counts = nn.ModuleDict(
             {t.name: ClassCounts(t.size) for t in self.tasks if t.is_classification}
@@ -142,8 +146,14 @@ class MultiTaskModule(pl.LightningModule):
         sync = stage != "train"
         for task in self.tasks:
             name, output, target = task.name, outputs[task.name], targets[task.name]
-            self.log(f"{stage}/{name}/loss", losses[name], on_step=False, on_epoch=True,
-                     sync_dist=sync, batch_size=batch_size)
+            self.log(
+                f"{stage}/{name}/loss",
+                losses[name],
+                on_step=False,
+                on_epoch=True,
+                sync_dist=sync,
+                batch_size=batch_size,
+            )
             collection = self.stage_metrics[f"{stage}_metrics"][name]
             if task.is_classification:
                 collection.update(output.detach(), target)
@@ -152,10 +162,22 @@ class MultiTaskModule(pl.LightningModule):
             else:
                 collection.update(output.detach(), target.reshape(output.shape).to(output.dtype))
             for key, metric in collection.items():
-                self.log(f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True,
-                         batch_size=batch_size)
-        self.log(f"{stage}/loss", total, on_step=stage == "train", on_epoch=True, prog_bar=True,
-                 sync_dist=sync, batch_size=batch_size)
+                self.log(
+                    f"{stage}/{name}/{key}",
+                    metric,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=batch_size,
+                )
+        self.log(
+            f"{stage}/loss",
+            total,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=sync,
+            batch_size=batch_size,
+        )
         return total
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -208,4 +230,7 @@ class MultiTaskModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

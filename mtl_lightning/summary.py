@@ -57,10 +57,17 @@ def task_results(
     """
     rows = []
     for task in tasks:
-        keys = ("loss", "acc", "balanced_acc", "f1", "majority") if task.is_classification else (
-            "loss", "mse", "mae")
-        record: dict[str, Any] = {"task": task.name, "role": task.role, "kind": task.kind,
-                                  "size": task.size}
+        keys = (
+            ("loss", "acc", "balanced_acc", "f1", "majority")
+            if task.is_classification
+            else ("loss", "mse", "mae")
+        )
+        record: dict[str, Any] = {
+            "task": task.name,
+            "role": task.role,
+            "kind": task.kind,
+            "size": task.size,
+        }
         for key in keys:
             record[key] = _value(metrics, f"{stage}/{task.name}/{key}")
         if task.is_classification:
@@ -82,16 +89,27 @@ def format_table(rows: Sequence[Mapping[str, Any]], stage: str = "val") -> str:
     body = []
     for r in rows:
         if r["kind"] == "classification":
-            body.append([r["task"], r["role"], f"{r['acc']:.3f}", f"{r['balanced_acc']:.3f}",
-                         f"{r['chance']:.3f}", r["verdict"]])
+            body.append(
+                [
+                    r["task"],
+                    r["role"],
+                    f"{r['acc']:.3f}",
+                    f"{r['balanced_acc']:.3f}",
+                    f"{r['chance']:.3f}",
+                    r["verdict"],
+                ]
+            )
         else:
-            body.append([r["task"], r["role"], f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-", "-"])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+            body.append(
+                [r["task"], r["role"], f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-", "-"]
+            )
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     numeric = {2, 3, 4}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ).rstrip()
 
     return "\n".join([line(header)] + [line(b) for b in body])

@@ -36,7 +36,9 @@ class TaskSpec:
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or not self.name.strip() == self.name:
-            raise ValueError(f"TaskSpec name {self.name!r} must be non-empty, without '/' or spaces")
+            raise ValueError(
+                f"TaskSpec name {self.name!r} must be non-empty, without '/' or spaces"
+            )
         if self.kind not in ("classification", "regression"):
             raise ValueError(
                 f"task {self.name!r}: kind must be 'classification' or 'regression', got {self.kind!r}"
@@ -52,7 +54,9 @@ class TaskSpec:
                 f"got {self.size!r}"
             )
         if not (self.weight >= 0.0) or self.weight == float("inf"):
-            raise ValueError(f"task {self.name!r}: weight must be finite and >= 0, got {self.weight}")
+            raise ValueError(
+                f"task {self.name!r}: weight must be finite and >= 0, got {self.weight}"
+            )
 
     @property
     def adversarial(self) -> bool:

@@ -16,7 +16,9 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 @pytest.fixture
 def tiny_speech() -> SyntheticSpeechDataModule:
     """5 emotions x 11 speakers, 2 train / 1 eval utterance per pair, 16x16 feature maps."""
-    return SyntheticSpeechDataModule(per_pair=2, per_pair_eval=1, n_mels=16, frames=16, batch_size=32)
+    return SyntheticSpeechDataModule(
+        per_pair=2, per_pair_eval=1, n_mels=16, frames=16, batch_size=32
+    )
 
 
 @pytest.fixture

@@ -12,14 +12,29 @@ from mtl_lightning.cli import DEFAULT_CONFIG, main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
-TINY = ["--data.init_args.per_pair", "2", "--data.init_args.per_pair_eval", "1",
-        "--trainer.enable_progress_bar", "false"]
+TINY = [
+    "--data.init_args.per_pair",
+    "2",
+    "--data.init_args.per_pair_eval",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_fast_dev_run_for_every_config(config, in_tmp):
-    cli = main(["fit", "--config", str(config), "--trainer.fast_dev_run", "true",
-                "--trainer.enable_progress_bar", "false"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
 
@@ -83,12 +98,22 @@ def _event_contents(run: Path) -> tuple[set[str], set[str]]:
 
 
 def test_help_lists_subcommands_and_print_config_works():
-    out = subprocess.run([sys.executable, "-m", "mtl_lightning", "--help"], capture_output=True,
-                         text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mtl_lightning", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     for command in ("fit", "validate", "test", "predict"):
         assert command in out
-    printed = subprocess.run([sys.executable, "-m", "mtl_lightning", "fit", "--print_config"],
-                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    printed = subprocess.run(
+        [sys.executable, "-m", "mtl_lightning", "fit", "--print_config"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     config = yaml.safe_load(printed)
     assert config["data"]["class_path"] == "mtl_lightning.data.SyntheticSpeechDataModule"
     assert config["reversal"]["schedule"] == "dann"

@@ -13,7 +13,10 @@ TASKS = [TaskSpec("emotion", 5), TaskSpec("speaker", 11, role="adversarial")]
 
 
 def _batch(n=4, **overrides):
-    targets = {"emotion": torch.tensor([0, 1, 2, 3][:n]), "speaker": torch.tensor([0, 10, 5, 1][:n])}
+    targets = {
+        "emotion": torch.tensor([0, 1, 2, 3][:n]),
+        "speaker": torch.tensor([0, 10, 5, 1][:n]),
+    }
     targets.update(overrides.pop("targets", {}))
     for k in overrides.pop("drop", []):
         targets.pop(k)
@@ -33,20 +36,39 @@ def test_valid_batch_passes(model):
 @pytest.mark.parametrize(
     ("batch", "match"),
     [
-        (_batch(targets={"speaker": torch.tensor([0, 11, 5, -1])}),
-         r"batch 3, task 'speaker': labels must be in \[0, 11\); found -1, 11 at sample\(s\) \[1, 3\]"),
-        (_batch(targets={"emotion": torch.tensor([0, 1, 2, 7])}),
-         r"task 'emotion': labels must be in \[0, 5\); found 7"),
+        (
+            _batch(targets={"speaker": torch.tensor([0, 11, 5, -1])}),
+            r"batch 3, task 'speaker': labels must be in \[0, 11\); found -1, 11 at sample\(s\) \[1, 3\]",
+        ),
+        (
+            _batch(targets={"emotion": torch.tensor([0, 1, 2, 7])}),
+            r"task 'emotion': labels must be in \[0, 5\); found 7",
+        ),
         (_batch(drop=["speaker"]), r"no labels for declared task\(s\) \['speaker'\]"),
-        (_batch(targets={"gender": torch.tensor([0, 1, 0, 1])}),
-         r"labels for unknown task\(s\) \['gender'\]"),
-        (_batch(features=torch.tensor(float("nan")).repeat(4, 1, 16, 16)),
-         r"features contain NaN at sample\(s\) \[0, 1, 2, 3\]"),
-        (_batch(features=torch.randn(4, 1, 16, 16).index_put_((torch.tensor([2]),), torch.tensor(float("inf")))),
-         r"features contain inf at sample\(s\) \[2\]"),
-        (_batch(targets={"emotion": torch.tensor([0.0, 1.0, 2.0, 3.0])}),
-         r"task 'emotion': class labels must be a 1-D integer tensor"),
-        (_batch(targets={"emotion": torch.tensor([0, 1])}), r"task 'emotion': 2 labels for 4 samples"),
+        (
+            _batch(targets={"gender": torch.tensor([0, 1, 0, 1])}),
+            r"labels for unknown task\(s\) \['gender'\]",
+        ),
+        (
+            _batch(features=torch.tensor(float("nan")).repeat(4, 1, 16, 16)),
+            r"features contain NaN at sample\(s\) \[0, 1, 2, 3\]",
+        ),
+        (
+            _batch(
+                features=torch.randn(4, 1, 16, 16).index_put_(
+                    (torch.tensor([2]),), torch.tensor(float("inf"))
+                )
+            ),
+            r"features contain inf at sample\(s\) \[2\]",
+        ),
+        (
+            _batch(targets={"emotion": torch.tensor([0.0, 1.0, 2.0, 3.0])}),
+            r"task 'emotion': class labels must be a 1-D integer tensor",
+        ),
+        (
+            _batch(targets={"emotion": torch.tensor([0, 1])}),
+            r"task 'emotion': 2 labels for 4 samples",
+        ),
         ((torch.randn(4, 1, 16, 16), torch.zeros(4)), r"expected a mapping with keys 'features'"),
     ],
 )
@@ -56,7 +78,9 @@ def test_bad_batches_raise_named_errors(model, batch, match):
 
 
 def test_feature_shape_the_trunk_cannot_take(model):
-    with pytest.raises(ValueError, match=r"CNNTrunk expects features of shape \[batch, 1, n_mels, frames\]"):
+    with pytest.raises(
+        ValueError, match=r"CNNTrunk expects features of shape \[batch, 1, n_mels, frames\]"
+    ):
         model.shared_step(_batch(features=torch.randn(4, 2, 16, 16)), 0, "train")
     with pytest.raises(ValueError, match=r"needs n_mels and frames >= 4, got \[16, 2\]"):
         model.shared_step(_batch(features=torch.randn(4, 1, 16, 2)), 0, "train")
@@ -71,11 +95,21 @@ def test_bad_label_stops_a_real_fit_with_the_error(tmp_path):
         def train_dataloader(self):
             y = torch.arange(8) % 5
             y[6] = 9  # sample 6 (batch 1, position 2) has an emotion label outside [0, 5)
-            ds = TensorTaskDataset(torch.randn(8, 1, 16, 16), {"emotion": y, "speaker": torch.arange(8)})
+            ds = TensorTaskDataset(
+                torch.randn(8, 1, 16, 16), {"emotion": y, "speaker": torch.arange(8)}
+            )
             return DataLoader(ds, batch_size=4)
 
     model = MultiTaskModule(TASKS, trunk=CNNTrunk(channels=(4, 4, 4), out_features=8))
-    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, default_root_dir=tmp_path)
-    with pytest.raises(BatchError, match=r"batch 1, task 'emotion': labels must be in \[0, 5\); found 9 at sample\(s\) \[2\]"):
+    trainer = pl.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(
+        BatchError,
+        match=r"batch 1, task 'emotion': labels must be in \[0, 5\); found 9 at sample\(s\) \[2\]",
+    ):
         trainer.fit(model, BadData())

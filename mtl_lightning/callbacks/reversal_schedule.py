@@ -36,7 +36,9 @@ def grl_lambda(
         return float(max_lambda) * (1.0 if warmup <= 0 else min(1.0, p / warmup))
     if schedule == "dann":
         return float(max_lambda) * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
-    raise ValueError(f"unknown gradient-reversal schedule {schedule!r}; use constant, linear or dann")
+    raise ValueError(
+        f"unknown gradient-reversal schedule {schedule!r}; use constant, linear or dann"
+    )
 
 
 class GradientReversalSchedule(pl.Callback):

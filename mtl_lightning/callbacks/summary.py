@@ -26,15 +26,19 @@ def tensorboard_layout(tasks: list[TaskSpec]) -> dict[str, dict[str, list[Any]]]
         charts: dict[str, list[Any]] = {}
         for t in tasks:
             if t.is_classification:
-                tags = [f"{stage}/{t.name}/{k}" for k in ("acc", "balanced_acc", "chance", "majority")]
+                tags = [
+                    f"{stage}/{t.name}/{k}" for k in ("acc", "balanced_acc", "chance", "majority")
+                ]
             else:
                 tags = [f"{stage}/{t.name}/{k}" for k in ("mse", "mae")]
             charts[t.name] = ["Multiline", tags]
         layout[f"{stage}: accuracy vs chance"] = charts
     layout["losses"] = {
         "total": ["Multiline", ["train/loss_epoch", "val/loss", "test/loss"]],
-        **{t.name: ["Multiline", [f"{s}/{t.name}/loss" for s in ("train", "val", "test")]]
-           for t in tasks},
+        **{
+            t.name: ["Multiline", [f"{s}/{t.name}/loss" for s in ("train", "val", "test")]]
+            for t in tasks
+        },
     }
     layout["adversary"] = {"gradient reversal lambda": ["Multiline", ["train/grl_lambda"]]}
     return layout
@@ -49,7 +53,9 @@ def _flat_hparams(pl_module: pl.LightningModule) -> dict[str, Any]:
     for key, value in dict(pl_module.hparams).items():
         if key == "tasks":
             for spec in value:
-                params[f"task/{spec['name']}"] = f"{spec['role']} {spec['kind']} K={spec['size']} w={spec['weight']}"
+                params[f"task/{spec['name']}"] = (
+                    f"{spec['role']} {spec['kind']} K={spec['size']} w={spec['weight']}"
+                )
         elif isinstance(value, (int, float, str, bool)):
             params[key] = value
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import lightning.pytorch as pl
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -31,6 +30,7 @@ class TensorTaskDataset(Dataset):
     """In-memory dataset of feature tensors and per-task label tensors.
 
     Example:
+        >>> import torch
         >>> ds = TensorTaskDataset(torch.zeros(3, 4), {"a": torch.tensor([0, 1, 0])})
         >>> len(ds), ds[1]["targets"]["a"].item()
         (3, 1)

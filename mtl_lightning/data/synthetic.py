@@ -126,7 +126,9 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
     ) -> None:
         super().__init__()
         if per_pair < 1 or per_pair_eval < 1:
-            raise ValueError(f"per_pair and per_pair_eval must be >= 1, got {per_pair}, {per_pair_eval}")
+            raise ValueError(
+                f"per_pair and per_pair_eval must be >= 1, got {per_pair}, {per_pair_eval}"
+            )
         self.save_hyperparameters()
         self._tasks = [
             TaskSpec("emotion", num_emotions),
@@ -141,9 +143,18 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
         emotion = torch.arange(h.num_emotions).repeat_interleave(per_pair).repeat(h.num_speakers)
         speaker = torch.arange(h.num_speakers).repeat_interleave(per_pair * h.num_emotions)
         features = make_speech_features(
-            emotion, speaker, h.num_emotions, h.num_speakers, h.n_mels, h.frames,
-            h.emotion_strength, h.speaker_strength, h.noise, seed=h.seed,
-            sample_seed=h.seed * 1009 + offset + 1, speaker_region=h.speaker_region,
+            emotion,
+            speaker,
+            h.num_emotions,
+            h.num_speakers,
+            h.n_mels,
+            h.frames,
+            h.emotion_strength,
+            h.speaker_strength,
+            h.noise,
+            seed=h.seed,
+            sample_seed=h.seed * 1009 + offset + 1,
+            speaker_region=h.speaker_region,
         )
         return TensorTaskDataset(features, {"emotion": emotion, "speaker": speaker})
 
@@ -158,8 +169,11 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
         if dataset is None:
             raise RuntimeError("call setup() before requesting a dataloader")
         return DataLoader(
-            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
-            num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:

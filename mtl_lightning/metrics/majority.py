@@ -36,8 +36,12 @@ class ClassCounts(Metric):
     def __init__(self, num_classes: int, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.num_classes = num_classes
-        self.add_state("counts", default=torch.zeros(num_classes, dtype=torch.long),
-                       dist_reduce_fx="sum", persistent=True)
+        self.add_state(
+            "counts",
+            default=torch.zeros(num_classes, dtype=torch.long),
+            dist_reduce_fx="sum",
+            persistent=True,
+        )
 
     def update(self, target: Tensor) -> None:
         self.counts += torch.bincount(target.long().flatten(), minlength=self.num_classes)

@@ -53,7 +53,9 @@ class CNNTrunk(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d((freq_bins, 1))
         self.project = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous * freq_bins, out_features),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(previous * freq_bins, out_features),
             nn.LayerNorm(out_features) if layer_norm else nn.Identity(),
         )
         self._min_size = 2 ** (len(channels) - 1)

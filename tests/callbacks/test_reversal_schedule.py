@@ -16,7 +16,11 @@ from mtl_lightning.nn import CNNTrunk
         ("linear", {"max_lambda": 1.0, "warmup": 0.25}, [0.0, 1.0, 1.0]),
         # dann: 2 / (1 + e^{-10 p}) - 1 -> 0, 0.98661429, 0.99990920
         ("dann", {}, [0.0, 0.9866142981514305, 0.9999092042625951]),
-        ("dann", {"max_lambda": 0.5, "gamma": 2.0}, [0.0, 0.5 * 0.46211715726000974, 0.5 * 0.7615941559557649]),
+        (
+            "dann",
+            {"max_lambda": 0.5, "gamma": 2.0},
+            [0.0, 0.5 * 0.46211715726000974, 0.5 * 0.7615941559557649],
+        ),
     ],
 )
 def test_schedule_values_at_p_0_half_1(schedule, kwargs, expected):
@@ -48,17 +52,26 @@ class _RecordLambda(Callback):
 
 def _trainer(tmp_path, recorder, **kwargs):
     return pl.Trainer(
-        max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, callbacks=[GradientReversalSchedule("dann", gamma=5.0), recorder,
-                                              *kwargs.pop("callbacks", [])], **kwargs,
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[
+            GradientReversalSchedule("dann", gamma=5.0),
+            recorder,
+            *kwargs.pop("callbacks", []),
+        ],
+        **kwargs,
     )
 
 
 def test_resumed_run_continues_the_schedule_exactly(tmp_path, tiny_speech):
     pl.seed_everything(0)
     full = _RecordLambda()
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1,
-                           filename="{step}")
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", every_n_train_steps=5, save_top_k=-1, filename="{step}"
+    )
     model = MultiTaskModule(tiny_speech.tasks, trunk=CNNTrunk(channels=(4, 4, 4), out_features=8))
     _trainer(tmp_path, full, callbacks=[ckpt]).fit(model, tiny_speech)
     total = max(full.values) + 1
@@ -69,7 +82,9 @@ def test_resumed_run_continues_the_schedule_exactly(tmp_path, tiny_speech):
 
     resumed = _RecordLambda()
     model2 = MultiTaskModule(tiny_speech.tasks, trunk=CNNTrunk(channels=(4, 4, 4), out_features=8))
-    _trainer(tmp_path, resumed).fit(model2, tiny_speech, ckpt_path=str(tmp_path / "ckpt" / "step=5.ckpt"))
+    _trainer(tmp_path, resumed).fit(
+        model2, tiny_speech, ckpt_path=str(tmp_path / "ckpt" / "step=5.ckpt")
+    )
     assert min(resumed.values) == 5
     for step, value in resumed.values.items():
         assert value == full.values[step], step
