@@ -57,15 +57,11 @@ class MultiTaskModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
-        self.save_hyperparameters(
-            {
-                "tasks": [t.to_dict() for t in self.tasks],
-                "trunk": type(trunk).__name__ if trunk is not None else "CNNTrunk",
-                "head_hidden": head_hidden,
-                "grl_lambda": grl_lambda,
-                "validate_inputs": validate_inputs,
-            }
-        )
+        # Under LightningCLI this records the config (class_path/init_args of the trunk and the
+        # optimizer), so `MultiTaskModule.load_from_checkpoint(path)` rebuilds the same model.
+        self.save_hyperparameters()
+        # plain dicts, so checkpoints load with torch.load(weights_only=True)
+        self.hparams["tasks"] = [t.to_dict() for t in self.tasks]
         self.trunk = trunk if trunk is not None else CNNTrunk()
         width = getattr(self.trunk, "out_features", None)
         if not isinstance(width, int):

@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from mtl_lightning import MultiTaskModule
 from mtl_lightning.cli import DEFAULT_CONFIG, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,8 +78,17 @@ def test_default_fit_writes_run_directory(in_tmp, capsys):
     assert {"train/grl_lambda", "val/loss"} <= tags
     assert {"custom_scalars", "hparams"} <= plugins
 
-    # the same run can be validated, tested and predicted from its checkpoint
+    # the checkpoint alone rebuilds the model (trunk and tasks from the saved config)
     ckpt = str(run / "checkpoints" / "last.ckpt")
+    assert torch.load(ckpt, weights_only=True)["global_step"] == cli.trainer.global_step
+    restored = MultiTaskModule.load_from_checkpoint(ckpt).eval()
+    model = cli.model.eval()
+    x = torch.randn(3, 1, 40, 64)
+    for task, out in model(x).items():
+        torch.testing.assert_close(restored(x)[task], out)
+    assert restored.tasks == model.tasks
+
+    # the same run can be validated, tested and predicted from its checkpoint
     for command in ("validate", "test", "predict"):
         main([command, *TINY, "--ckpt_path", ckpt])
     test = json.loads((in_tmp / "lightning_logs" / "version_2" / "summary.json").read_text())

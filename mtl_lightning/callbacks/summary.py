@@ -52,7 +52,8 @@ def _flat_hparams(pl_module: pl.LightningModule) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key, value in dict(pl_module.hparams).items():
         if key == "tasks":
-            for spec in value:
+            for item in value:
+                spec = item if isinstance(item, dict) else item.to_dict()
                 params[f"task/{spec['name']}"] = (
                     f"{spec['role']} {spec['kind']} K={spec['size']} w={spec['weight']}"
                 )
