@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from mtl_lightning.metrics import ClassCounts, majority_rate, task_metrics
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
@@ -17,6 +18,7 @@ from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, unpack_batch
 
 STAGES = ("train", "val", "test")
+TOTAL_KEY = "_total"
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -80,6 +82,14 @@ class MultiTaskModule(pl.LightningModule):
                 for s in STAGES
             }
         )
+        self.stage_losses = nn.ModuleDict(
+            {
+                f"{s}_losses": nn.ModuleDict(
+                    {**{t.name: MeanMetric() for t in self.tasks}, TOTAL_KEY: MeanMetric()}
+                )
+                for s in STAGES
+            }
+        )
         self.train_class_counts = nn.ModuleDict(
             {t.name: ClassCounts(t.size) for t in self.tasks if t.is_classification}
         )
@@ -139,17 +149,12 @@ class MultiTaskModule(pl.LightningModule):
         losses = {t.name: self.task_loss(t, outputs[t.name], targets[t.name]) for t in self.tasks}
         total = self.combine_losses(losses)
         batch_size = features.shape[0]
-        sync = stage != "train"
         for task in self.tasks:
             name, output, target = task.name, outputs[task.name], targets[task.name]
-            self.log(
-                f"{stage}/{name}/loss",
-                losses[name],
-                on_step=False,
-                on_epoch=True,
-                sync_dist=sync,
-                batch_size=batch_size,
-            )
+            # a batch-size-weighted torchmetrics mean: exact under DDP, whatever the shard sizes
+            loss_metric = self.stage_losses[f"{stage}_losses"][name]
+            loss_metric.update(losses[name].detach(), batch_size)
+            self.log(f"{stage}/{name}/loss", loss_metric, on_step=False, on_epoch=True)
             collection = self.stage_metrics[f"{stage}_metrics"][name]
             if task.is_classification:
                 collection.update(output.detach(), target)
@@ -165,14 +170,10 @@ class MultiTaskModule(pl.LightningModule):
                     on_epoch=True,
                     batch_size=batch_size,
                 )
+        total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
+        total_metric(total.detach(), batch_size)  # forward: updates and caches the step value
         self.log(
-            f"{stage}/loss",
-            total,
-            on_step=stage == "train",
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=sync,
-            batch_size=batch_size,
+            f"{stage}/loss", total_metric, on_step=stage == "train", on_epoch=True, prog_bar=True
         )
         return total
 

@@ -92,13 +92,16 @@ class MultiTaskSummary(pl.Callback):
             tb.experiment.add_custom_scalars(tensorboard_layout(pl_module.tasks))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._report(trainer, pl_module, "val")
+        # trainer.log_dir broadcasts under DDP, so every rank asks for it; only rank zero writes
+        self._report(trainer, pl_module, "val", self.summary_path(trainer))
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._report(trainer, pl_module, "test")
+        self._report(trainer, pl_module, "test", self.summary_path(trainer))
 
     @rank_zero_only
-    def _report(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _report(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str, path: str | None
+    ) -> None:
         if not hasattr(pl_module, "tasks") or trainer.sanity_checking:
             return
         metrics = dict(trainer.callback_metrics)
@@ -117,7 +120,6 @@ class MultiTaskSummary(pl.Callback):
         if self.print_table:
             print(f"\nPer-task results ({stage}, epoch {trainer.current_epoch}):")
             print(format_table(rows, stage))
-        path = self.summary_path(trainer)
         if path is None:
             return
         update_summary(path, stage, payload)

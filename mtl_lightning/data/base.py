@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import lightning.pytorch as pl
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from mtl_lightning.tasks import TaskSpec
 
@@ -24,6 +26,28 @@ class MultiTaskDataModule(pl.LightningDataModule):
     def tasks(self) -> list[TaskSpec]:
         """The tasks this data provides labels for."""
         return list(self._tasks)
+
+    @staticmethod
+    def eval_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+        """A validation/test loader that sees every sample exactly once, also under DDP.
+
+        Lightning's default distributed sampler pads the dataset so every rank gets the same
+        number of samples, which counts the padded samples twice in the metrics. Here each rank
+        gets a disjoint shard without padding (ranks may differ by one batch), and the torchmetrics
+        states and Lightning's batch-size-weighted means are summed across ranks, so multi-process
+        validation equals single-process validation.
+        """
+        sampler = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+        )
 
 
 class TensorTaskDataset(Dataset):

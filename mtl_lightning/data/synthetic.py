@@ -165,25 +165,32 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
             self.val_set = self._split(h.per_pair_eval, 1)
             self.test_set = self._split(h.per_pair_eval, 2)
 
-    def _loader(self, dataset: TensorTaskDataset | None, shuffle: bool) -> DataLoader:
+    def _require(self, dataset: TensorTaskDataset | None) -> TensorTaskDataset:
         if dataset is None:
             raise RuntimeError("call setup() before requesting a dataloader")
-        return DataLoader(
-            dataset,
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
+        return dataset
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        h = self.hparams
+        return DataLoader(
+            self._require(self.train_set),
+            batch_size=h.batch_size,
+            shuffle=True,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self.eval_loader(
+            self._require(self.val_set), self.hparams.batch_size, self.hparams.num_workers
+        )
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self.eval_loader(
+            self._require(self.test_set), self.hparams.batch_size, self.hparams.num_workers
+        )
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+        return self.eval_loader(
+            self._require(self.test_set), self.hparams.batch_size, self.hparams.num_workers
+        )
