@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from importlib import resources
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -28,8 +29,23 @@ class MultiTaskCLI(LightningCLI):
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI:
-    """Entry point of ``python -m mtl_lightning``; ``args`` defaults to ``sys.argv[1:]``."""
+EXTRA_COMMANDS = {"probe": "train fresh probes on a checkpoint's frozen representation"}
+
+
+def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI | None:
+    """Entry point of ``python -m mtl_lightning``; ``args`` defaults to ``sys.argv[1:]``.
+
+    ``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; ``probe`` to
+    :func:`mtl_lightning.probe.main`.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "probe":
+        from mtl_lightning.probe import main as probe_main
+
+        probe_main(argv[1:])
+        return None
+    if argv and argv[0] in ("-h", "--help"):
+        print("extra subcommands: " + ", ".join(f"{k} ({v})" for k, v in EXTRA_COMMANDS.items()))
     return MultiTaskCLI(
         MultiTaskModule,
         MultiTaskDataModule,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,19 @@ from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, unpack_batch
 
 STAGES = ("train", "val", "test")
+
+
+def uniform_cross_entropy(logits: Tensor) -> Tensor:
+    """Mean cross-entropy between softmax(logits) and the uniform distribution over classes.
+
+    Example:
+        >>> import math
+        >>> round(float(uniform_cross_entropy(torch.zeros(4, 5))), 4) == round(math.log(5), 4)
+        True
+    """
+    return -torch.log_softmax(logits, dim=-1).mean(dim=-1).mean()
+
+
 TOTAL_KEY = "_total"
 
 
@@ -117,12 +131,33 @@ class MultiTaskModule(pl.LightningModule):
         return self.trunk(features)
 
     def forward_heads(self, embedding: Tensor) -> dict[str, Tensor]:
-        """Apply every head; adversarial heads see the embedding through gradient reversal."""
+        """Apply every head. Reversal adversaries see the embedding through gradient reversal;
+        confusion adversaries see it detached (their own loss trains only the head)."""
         reversed_embedding = self.reversal(embedding) if self.has_adversary else embedding
-        return {
-            t.name: self.heads[t.name](reversed_embedding if t.adversarial else embedding)
-            for t in self.tasks
-        }
+        outputs = {}
+        for t in self.tasks:
+            if not t.adversarial:
+                outputs[t.name] = self.heads[t.name](embedding)
+            elif t.adversary == "confusion":
+                outputs[t.name] = self.heads[t.name](embedding.detach())
+            else:
+                outputs[t.name] = self.heads[t.name](reversed_embedding)
+        return outputs
+
+    def confusion_losses(self, embedding: Tensor) -> dict[str, Tensor]:
+        """For each confusion adversary: ``CE(frozen_head(embedding), uniform) - log K`` (>= 0).
+
+        The head's parameters are detached, so this term trains only the trunk: it is smallest
+        when the head cannot tell the classes apart from the embedding.
+        """
+        losses = {}
+        for t in self.tasks:
+            if t.adversarial and t.adversary == "confusion":
+                head = self.heads[t.name]
+                frozen = {k: v.detach() for k, v in head.named_parameters()}
+                logits = torch.func.functional_call(head, frozen, (embedding,))
+                losses[t.name] = uniform_cross_entropy(logits) - math.log(t.size)
+        return losses
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         return self.forward_heads(self.embed(features))
@@ -145,9 +180,24 @@ class MultiTaskModule(pl.LightningModule):
         features, targets = unpack_batch(batch, batch_idx)
         if self.validate_inputs:
             check_batch(features, targets, self.tasks, batch_idx)
-        outputs = self(features)
+        embedding = self.embed(features)
+        outputs = self.forward_heads(embedding)
         losses = {t.name: self.task_loss(t, outputs[t.name], targets[t.name]) for t in self.tasks}
         total = self.combine_losses(losses)
+        confusion = self.confusion_losses(embedding)
+        if confusion:
+            weights = {t.name: t.weight for t in self.tasks}
+            strength = self.reversal.lambda_.to(total.dtype)
+            total = total + strength * sum(weights[n] * c for n, c in confusion.items())
+            for name, value in confusion.items():
+                self.log(
+                    f"{stage}/{name}/confusion",
+                    value.detach(),
+                    on_step=False,
+                    on_epoch=True,
+                    sync_dist=True,
+                    batch_size=features.shape[0],
+                )
         batch_size = features.shape[0]
         for task in self.tasks:
             name, output, target = task.name, outputs[task.name], targets[task.name]

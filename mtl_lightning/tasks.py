@@ -8,6 +8,7 @@ from typing import Literal
 
 TaskKind = Literal["classification", "regression"]
 TaskRole = Literal["main", "adversarial"]
+AdversaryKind = Literal["reversal", "confusion"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,11 @@ class TaskSpec:
         role: ``"main"`` tasks are learned; ``"adversarial"`` tasks sit behind gradient
             reversal so the shared representation is trained to carry no information about them.
         weight: Static weight of the task's loss in the total.
+        adversary: How an adversarial task trains the trunk. ``"reversal"``: the head minimises
+            its loss and the trunk gets ``-lambda`` times its gradient (Ganin & Lempitsky 2015).
+            ``"confusion"``: the head learns on detached features and the trunk minimises
+            ``lambda`` times the cross-entropy between the (frozen) head's prediction and the
+            uniform distribution, so it is pushed to make the head *uncertain*, not wrong.
 
     Example:
         >>> spec = TaskSpec("speaker", 11, role="adversarial")
@@ -33,6 +39,7 @@ class TaskSpec:
     kind: TaskKind = "classification"
     role: TaskRole = "main"
     weight: float = 1.0
+    adversary: AdversaryKind = "reversal"
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or not self.name.strip() == self.name:
@@ -47,6 +54,13 @@ class TaskSpec:
             raise ValueError(
                 f"task {self.name!r}: role must be 'main' or 'adversarial', got {self.role!r}"
             )
+        if self.adversary not in ("reversal", "confusion"):
+            raise ValueError(
+                f"task {self.name!r}: adversary must be 'reversal' or 'confusion', "
+                f"got {self.adversary!r}"
+            )
+        if self.adversary == "confusion" and self.kind != "classification":
+            raise ValueError(f"task {self.name!r}: the confusion adversary needs classification")
         minimum = 2 if self.kind == "classification" else 1
         if not isinstance(self.size, int) or self.size < minimum:
             raise ValueError(

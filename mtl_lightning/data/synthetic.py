@@ -95,6 +95,7 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
         per_pair: Train utterances per (speaker, emotion) pair.
         per_pair_eval: Val and test utterances per pair.
         speaker_role: ``adversarial`` (default) or ``main``.
+        speaker_adversary: ``reversal`` (gradient reversal, default) or ``confusion``.
         batch_size: Batch size of every loader.
         num_workers: Loader workers.
         seed: Seed of the generator; the same seed gives the same data.
@@ -120,6 +121,7 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
         per_pair: int = 40,
         per_pair_eval: int = 10,
         speaker_role: str = "adversarial",
+        speaker_adversary: str = "reversal",
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -132,7 +134,12 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
         self.save_hyperparameters()
         self._tasks = [
             TaskSpec("emotion", num_emotions),
-            TaskSpec("speaker", num_speakers, role=speaker_role),  # type: ignore[arg-type]
+            TaskSpec(
+                "speaker",
+                num_speakers,
+                role=speaker_role,  # type: ignore[arg-type]
+                adversary=speaker_adversary,  # type: ignore[arg-type]
+            ),
         ]
         self.train_set: TensorTaskDataset | None = None
         self.val_set: TensorTaskDataset | None = None

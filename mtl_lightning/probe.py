@@ -1,0 +1,210 @@
+"""Post-hoc leakage probes: fresh classifiers on the frozen shared representation.
+
+An adversary at chance during training does not prove the representation is free of the
+attribute (Elazar & Goldberg, 2018): the trunk may only have fooled that one head. A probe trains
+new classifiers (linear and a small MLP) on the frozen embeddings of the training split and
+reports their balanced accuracy on the validation split with a bootstrap confidence interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_recall
+
+from mtl_lightning.summary import update_summary
+
+
+@dataclass
+class ProbeResult:
+    """Held-out balanced accuracy of one probe, with a bootstrap interval and chance level."""
+
+    task: str
+    probe: str
+    balanced_acc: float
+    ci_low: float
+    ci_high: float
+    chance: float
+
+    @property
+    def verdict(self) -> str:
+        """``leaks`` when the whole interval is above chance, otherwise ``no leak detected``."""
+        return "leaks" if self.ci_low > self.chance else "no leak detected"
+
+
+def _probe_model(kind: str, width: int, num_classes: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(width, num_classes)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(width, 64), nn.ReLU(), nn.Linear(64, num_classes))
+    raise ValueError(f"unknown probe {kind!r}; use 'linear' or 'mlp'")
+
+
+def bootstrap_balanced_accuracy(
+    preds: Tensor, target: Tensor, num_classes: int, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Balanced accuracy and its 95% percentile-bootstrap interval over resampled samples.
+
+    Example:
+        >>> y = torch.arange(4).repeat(25)
+        >>> acc, low, high = bootstrap_balanced_accuracy(y, y, 4, n_boot=50)
+        >>> acc, low, high
+        (1.0, 1.0, 1.0)
+    """
+    point = float(multiclass_recall(preds, target, num_classes, average="macro"))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, target.numel(), (n_boot, target.numel()), generator=g)
+    stats = torch.stack(
+        [multiclass_recall(preds[i], target[i], num_classes, average="macro") for i in idx]
+    )
+    low, high = torch.quantile(stats.float(), torch.tensor([0.025, 0.975])).tolist()
+    return point, low, high
+
+
+def fit_probe(
+    train_z: Tensor,
+    train_y: Tensor,
+    val_z: Tensor,
+    val_y: Tensor,
+    num_classes: int,
+    kind: str = "linear",
+    steps: int = 300,
+    lr: float = 1e-2,
+    seed: int = 0,
+) -> Tensor:
+    """Train a fresh classifier on standardised ``train_z`` (full batch, Adam); return val preds.
+
+    Example:
+        >>> z = torch.randn(200, 3); y = (z[:, 0] > 0).long()
+        >>> preds = fit_probe(z, y, z, y, 2, steps=100)
+        >>> bool((preds == y).float().mean() > 0.9)
+        True
+    """
+    torch.manual_seed(seed)
+    mean, std = train_z.mean(0), train_z.std(0).clamp_min(1e-6)
+    model = _probe_model(kind, train_z.shape[1], num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
+    x = (train_z - mean) / std
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), train_y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return model((val_z - mean) / std).argmax(-1)
+
+
+def probe_embeddings(
+    train_z: Tensor,
+    train_y: Tensor,
+    val_z: Tensor,
+    val_y: Tensor,
+    task: str,
+    num_classes: int,
+    kinds: Sequence[str] = ("linear", "mlp"),
+    n_boot: int = 1000,
+) -> list[ProbeResult]:
+    """Probe one task with each kind of classifier."""
+    results = []
+    for kind in kinds:
+        preds = fit_probe(train_z, train_y, val_z, val_y, num_classes, kind)
+        acc, low, high = bootstrap_balanced_accuracy(preds, val_y, num_classes, n_boot)
+        results.append(ProbeResult(task, kind, acc, low, high, 1.0 / num_classes))
+    return results
+
+
+@torch.no_grad()
+def _embed(model: Any, loader: Any, tasks: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    zs, ys = [], {t: [] for t in tasks}
+    for batch in loader:
+        zs.append(model.embed(batch["features"]))
+        for t in tasks:
+            ys[t].append(batch["targets"][t])
+    return torch.cat(zs), {t: torch.cat(v) for t, v in ys.items()}
+
+
+def probe_checkpoint(
+    ckpt_path: str | Path, tasks: Sequence[str] | None = None, n_boot: int = 1000
+) -> list[ProbeResult]:
+    """Probe a run's checkpoint; data is rebuilt from the run's ``config.yaml``.
+
+    Results are printed by the CLI, written to the run's ``summary.json`` (``probe`` section)
+    and logged to TensorBoard as ``probe/{task}/{linear|mlp}/balanced_acc``.
+    """
+    from mtl_lightning.module import MultiTaskModule
+
+    ckpt_path = Path(ckpt_path).resolve()
+    run_dir = ckpt_path.parent.parent
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file} not found: probe needs the run directory's config")
+    data_cfg = yaml.safe_load(config_file.read_text())["data"]
+    module_name, _, class_name = data_cfg["class_path"].rpartition(".")
+    data = getattr(importlib.import_module(module_name), class_name)(
+        **data_cfg.get("init_args", {})
+    )
+    model = MultiTaskModule.load_from_checkpoint(str(ckpt_path), map_location="cpu").eval()
+    specs = {t.name: t for t in model.tasks}
+    names = list(tasks) if tasks else [t.name for t in model.tasks if t.adversarial]
+    unknown = [n for n in names if n not in specs or not specs[n].is_classification]
+    if unknown or not names:
+        raise ValueError(
+            f"cannot probe {unknown or 'nothing'}: name classification tasks of the model "
+            f"({[t.name for t in model.tasks if t.is_classification]}) with --tasks"
+        )
+    data.setup("fit")
+    train_z, train_y = _embed(model, data.train_dataloader(), names)
+    val_z, val_y = _embed(model, data.val_dataloader(), names)
+    results = []
+    for name in names:
+        results += probe_embeddings(
+            train_z, train_y[name], val_z, val_y[name], name, specs[name].size, n_boot=n_boot
+        )
+    update_summary(
+        run_dir / "summary.json", "probe", [asdict(r) | {"verdict": r.verdict} for r in results]
+    )
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir)) as writer:
+        for r in results:
+            writer.add_scalar(f"probe/{r.task}/{r.probe}/balanced_acc", r.balanced_acc)
+            writer.add_scalar(f"probe/{r.task}/{r.probe}/chance", r.chance)
+    return results
+
+
+def format_results(results: Sequence[ProbeResult]) -> str:
+    """Plain-text table of probe results."""
+    lines = ["task     probe   val balanced acc  95% CI          chance  verdict"]
+    for r in results:
+        ci = f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        lines.append(
+            f"{r.task:<8} {r.probe:<7} {r.balanced_acc:>16.3f}  {ci:<15} "
+            f"{r.chance:>6.3f}  {r.verdict}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m mtl_lightning probe --ckpt_path X [--tasks speaker ...]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mtl_lightning probe",
+        description="Train fresh linear and MLP probes on a checkpoint's frozen representation.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint inside a run directory")
+    parser.add_argument(
+        "--tasks", nargs="*", default=None, help="tasks to probe (default: the adversarial tasks)"
+    )
+    parser.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples")
+    args = parser.parse_args(list(argv))
+    results = probe_checkpoint(args.ckpt_path, args.tasks, args.n_boot)
+    print(format_results(results))
+    if not math.isfinite(sum(r.balanced_acc for r in results)):
+        raise SystemExit("probe produced non-finite results")
