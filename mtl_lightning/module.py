@@ -76,6 +76,11 @@ class MultiTaskModule(pl.LightningModule):
         # Under LightningCLI this records the config (class_path/init_args of the trunk and the
         # optimizer), so `MultiTaskModule.load_from_checkpoint(path)` rebuilds the same model.
         self.save_hyperparameters()
+        # Outside the CLI these arguments are live objects; checkpoints keep only plain data so
+        # they load with torch.load(weights_only=True). Pass them again to load_from_checkpoint.
+        for key in ("trunk", "optimizer", "lr_scheduler"):
+            if not isinstance(self.hparams.get(key), (dict, str, type(None))):
+                del self.hparams[key]
         # plain dicts, so checkpoints load with torch.load(weights_only=True)
         self.hparams["tasks"] = [t.to_dict() for t in self.tasks]
         self.trunk = trunk if trunk is not None else CNNTrunk()

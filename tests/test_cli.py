@@ -116,7 +116,7 @@ def test_help_lists_subcommands_and_print_config_works():
         check=True,
         cwd=ROOT,
     ).stdout
-    for command in ("fit", "validate", "test", "predict"):
+    for command in ("fit", "validate", "test", "predict", "probe"):
         assert command in out
     printed = subprocess.run(
         [sys.executable, "-m", "mtl_lightning", "fit", "--print_config"],

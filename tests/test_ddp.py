@@ -8,16 +8,36 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["--data.init_args.per_pair", "2", "--data.init_args.per_pair_eval", "1",
-        "--data.init_args.n_mels", "16", "--data.init_args.frames", "16",
-        "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false",
-        "--trainer.accelerator", "cpu", "--summary.print_table", "false"]
+TINY = [
+    "--data.init_args.per_pair",
+    "2",
+    "--data.init_args.per_pair_eval",
+    "1",
+    "--data.init_args.n_mels",
+    "16",
+    "--data.init_args.frames",
+    "16",
+    "--data.init_args.batch_size",
+    "8",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
+    "--summary.print_table",
+    "false",
+]
 
 
 def _cli(cwd: Path, *args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "mtl_lightning", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "mtl_lightning", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -28,8 +48,17 @@ def _test_metrics(run: Path) -> dict[str, dict[str, float]]:
 
 def test_two_process_fit_and_test_equal_single_process(tmp_path):
     # train 1 epoch with 2 processes (DDP, gloo on CPU)
-    _cli(tmp_path, "fit", *TINY, "--trainer.max_epochs", "1", "--trainer.devices", "2",
-         "--trainer.strategy", "ddp")
+    _cli(
+        tmp_path,
+        "fit",
+        *TINY,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    )
     ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     assert (tmp_path / "lightning_logs" / "version_0" / "summary.json").exists()
@@ -37,8 +66,17 @@ def test_two_process_fit_and_test_equal_single_process(tmp_path):
 
     # evaluate the same checkpoint on 55 test samples (odd: a padding sampler would count one twice)
     _cli(tmp_path, "test", *TINY, "--ckpt_path", str(ckpt), "--trainer.devices", "1")
-    _cli(tmp_path, "test", *TINY, "--ckpt_path", str(ckpt), "--trainer.devices", "2",
-         "--trainer.strategy", "ddp")
+    _cli(
+        tmp_path,
+        "test",
+        *TINY,
+        "--ckpt_path",
+        str(ckpt),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    )
     single = _test_metrics(tmp_path / "lightning_logs" / "version_1")
     double = _test_metrics(tmp_path / "lightning_logs" / "version_2")
     assert set(single) == {"emotion", "speaker"}

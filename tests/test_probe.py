@@ -31,8 +31,19 @@ def test_probe_reports_chance_on_random_features():
 
 
 def test_probe_subcommand_on_a_run(in_tmp, capsys):
-    main(["fit", "--data.init_args.per_pair", "2", "--data.init_args.per_pair_eval", "1",
-          "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "fit",
+            "--data.init_args.per_pair",
+            "2",
+            "--data.init_args.per_pair_eval",
+            "1",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     ckpt = in_tmp / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     main(["probe", "--ckpt_path", str(ckpt), "--n_boot", "50"])
     out = capsys.readouterr().out
