@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -75,7 +76,9 @@ class MultiTaskModule(pl.LightningModule):
         self.tasks = validate_tasks(tasks)
         # Under LightningCLI this records the config (class_path/init_args of the trunk and the
         # optimizer), so `MultiTaskModule.load_from_checkpoint(path)` rebuilds the same model.
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # a live trunk module is dropped from hparams below
+            warnings.filterwarnings("ignore", ".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
         # Outside the CLI these arguments are live objects; checkpoints keep only plain data so
         # they load with torch.load(weights_only=True). Pass them again to load_from_checkpoint.
         for key in ("trunk", "optimizer", "lr_scheduler"):
