@@ -30,6 +30,8 @@ class MultiTaskCLI(LightningCLI):
 
 
 EXTRA_COMMANDS = {"probe": "train fresh probes on a checkpoint's frozen representation"}
+EXTRA_COMMANDS["groups"] = "choose task groups from a TaskAffinity file (TAG network selection)"
+EXTRA_COMMANDS["compare"] = "train each task alone vs all tasks together (and groups); a table"
 
 
 def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI | None:
@@ -44,17 +46,37 @@ def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI | None
 
         probe_main(argv[1:])
         return None
+    if argv and argv[0] in ("groups", "compare"):
+        from mtl_lightning import compare, groups
+
+        (groups if argv[0] == "groups" else compare).run(argv[1:])
+        return None
     if argv and argv[0] in ("-h", "--help"):
         print("extra subcommands: " + ", ".join(f"{k} ({v})" for k, v in EXTRA_COMMANDS.items()))
     return MultiTaskCLI(
         MultiTaskModule,
         MultiTaskDataModule,
         subclass_mode_data=True,
-        parser_kwargs={
-            cmd: {"default_config_files": [DEFAULT_CONFIG]}
-            for cmd in ("fit", "validate", "test", "predict")
-        },
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=with_default_config(argv),
         run=run,
     )
+
+
+def with_default_config(argv: list[str]) -> list[str]:
+    """Insert the packaged default config after the subcommand when no ``--config`` is given.
+
+    Only then: a user's config is complete by itself and is never merged key by key (or list
+    item by list item) with the default.
+
+    Example:
+        >>> with_default_config(["fit", "--trainer.max_epochs", "1"])[1:2]
+        ['--config']
+        >>> with_default_config(["fit", "--config", "x.yaml"])
+        ['fit', '--config', 'x.yaml']
+    """
+    if not argv or argv[0] not in ("fit", "validate", "test", "predict"):
+        return argv
+    if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv[1:]):
+        return argv
+    return [argv[0], "--config", DEFAULT_CONFIG, *argv[1:]]

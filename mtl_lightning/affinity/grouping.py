@@ -38,7 +38,9 @@ class GroupingResult:
         return [[names[i] for i in g] for g in self.groups]
 
 
-def group_score(affinity: np.ndarray, group: Sequence[int], task: int, singleton: float = 0.0) -> float:
+def group_score(
+    affinity: np.ndarray, group: Sequence[int], task: int, singleton: float = 0.0
+) -> float:
     """Mean affinity onto ``task`` from the other members of ``group``.
 
     Example:
@@ -52,7 +54,9 @@ def group_score(affinity: np.ndarray, group: Sequence[int], task: int, singleton
     return float(np.mean([affinity[i, task] for i in others]))
 
 
-def _score_table(affinity: np.ndarray, singleton: float) -> tuple[list[tuple[int, ...]], np.ndarray]:
+def _score_table(
+    affinity: np.ndarray, singleton: float
+) -> tuple[list[tuple[int, ...]], np.ndarray]:
     """All non-empty groups and ``table[g, t]`` = score of ``t`` in group ``g`` (-inf if absent)."""
     n = affinity.shape[0]
     groups = [g for k in range(1, n + 1) for g in itertools.combinations(range(n), k)]
@@ -100,7 +104,7 @@ def search_groups(
         >>> z = np.array([[1, .5, -.3], [.4, 1, -.2], [-.1, -.3, 1]])
         >>> r = search_groups(z, max_groups=2)
         >>> r.groups, round(r.score, 2)
-        ((0, 1), (2,)), 0.9)
+        (((0, 1), (2,)), 0.9)
     """
     z = np.asarray(affinity, dtype=float)
     n = z.shape[0]

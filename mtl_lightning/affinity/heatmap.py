@@ -7,7 +7,9 @@ import torch
 from torch import Tensor
 
 
-def heatmap_image(matrix: np.ndarray | Tensor, cell: int = 24, scale: float | None = None) -> Tensor:
+def heatmap_image(
+    matrix: np.ndarray | Tensor, cell: int = 24, scale: float | None = None
+) -> Tensor:
     """A ``[3, H, W]`` float image in ``[0, 1]``: blue < 0 < red, white at 0, grey grid lines.
 
     Row ``i`` is the source task, column ``j`` the target (the matrix as printed). ``scale`` is

@@ -4,3 +4,6 @@ from mtl_lightning.callbacks.reversal_schedule import GradientReversalSchedule, 
 from mtl_lightning.callbacks.summary import MultiTaskSummary
 
 __all__ = ["GradientReversalSchedule", "MultiTaskSummary", "grl_lambda"]
+from mtl_lightning.callbacks.task_affinity import TaskAffinity  # noqa: E402
+
+__all__ += ["TaskAffinity"]

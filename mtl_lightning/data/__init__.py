@@ -9,3 +9,6 @@ __all__ = [
     "TensorTaskDataset",
     "make_speech_features",
 ]
+from mtl_lightning.data.tabular import SinCosDataModule, SyntheticTabularDataModule  # noqa: E402
+
+__all__ += ["SinCosDataModule", "SyntheticTabularDataModule"]

@@ -5,3 +5,6 @@ from mtl_lightning.nn.reversal import GradientReversal, gradient_reversal
 from mtl_lightning.nn.trunks import CNNTrunk
 
 __all__ = ["CNNTrunk", "GradientReversal", "MLPHead", "gradient_reversal"]
+from mtl_lightning.nn.dense import DenseTrunk  # noqa: E402
+
+__all__ += ["DenseTrunk"]

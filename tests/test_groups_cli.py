@@ -1,0 +1,46 @@
+"""`python -m mtl_lightning groups`: reads a TaskAffinity file, prints and saves the grouping."""
+
+import contextlib
+import json
+
+import numpy as np
+
+from mtl_lightning.cli import main
+
+
+def write_affinity(path, tasks, matrices):
+    path.write_text(json.dumps({"tasks": tasks, "epochs": [{"affinity": m} for m in matrices]}))
+
+
+def test_groups_subcommand_averages_epochs_and_finds_planted_groups(in_tmp, capsys):
+    z = np.full((4, 4), -0.2)
+    z[:2, :2] = z[2:, 2:] = 0.4
+    noise = np.random.default_rng(0).normal(scale=0.01, size=(4, 4))
+    write_affinity(
+        in_tmp / "a.json", ["w", "x", "y", "z"], [(z + noise).tolist(), (z - noise).tolist()]
+    )
+    assert (
+        main(["groups", "--affinity", "a.json", "--max-groups", "2", "--output", "g.json"]) is None
+    )
+    result = json.loads((in_tmp / "g.json").read_text())
+    assert result["groups"] == [["w", "x"], ["y", "z"]]
+    assert result["score"] == np.float64(1.6)  # mean of the epochs cancels the noise: 4 * 0.4
+    assert result["served_by"] == {"w": 0, "x": 0, "y": 1, "z": 1}
+    out = capsys.readouterr().out
+    assert "group 1: w, x" in out and "candidate sets" in out
+
+
+def test_groups_last_epoch_and_partition(in_tmp, capsys):
+    first = [[1, 0.5, -0.5], [0.5, 1, -0.5], [-0.5, -0.5, 1]]
+    last = [[1, -0.5, 0.5], [-0.5, 1, -0.5], [0.5, -0.5, 1]]
+    write_affinity(in_tmp / "a.json", ["a", "b", "c"], [first, last])
+    main(["groups", "--affinity", "a.json", "--max-groups", "2", "--epochs", "last",
+          "--partition", "--output", "g.json"])  # fmt: skip
+    assert json.loads((in_tmp / "g.json").read_text())["groups"] == [["a", "c"], ["b"]]
+
+
+def test_help_lists_the_extra_subcommands(capsys):
+    with contextlib.suppress(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "groups" in out and "compare" in out
