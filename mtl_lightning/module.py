@@ -18,6 +18,7 @@ from mtl_lightning.metrics import ClassCounts, majority_rate, task_metrics
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
 from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, unpack_batch
+from mtl_lightning.weighting import StaticWeighting, WeightingStrategy
 
 STAGES = ("train", "val", "test")
 
@@ -54,6 +55,9 @@ class MultiTaskModule(pl.LightningModule):
         lr_scheduler: Optional callable building a scheduler from the optimizer (stepped per epoch).
         grl_lambda: Initial gradient-reversal strength (a schedule callback usually sets it).
         validate_inputs: Check every batch against the tasks (labels in range, finite features).
+        weighting: Turns per-task losses into the total and reports its weights (logged as
+            ``train/weight/{task}``); default :class:`~mtl_lightning.weighting.StaticWeighting`,
+            the plain sum with each ``TaskSpec.weight``.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
@@ -71,6 +75,7 @@ class MultiTaskModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         grl_lambda: float = 1.0,
         validate_inputs: bool = True,
+        weighting: WeightingStrategy | None = None,
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
@@ -81,7 +86,7 @@ class MultiTaskModule(pl.LightningModule):
             self.save_hyperparameters()
         # Outside the CLI these arguments are live objects; checkpoints keep only plain data so
         # they load with torch.load(weights_only=True). Pass them again to load_from_checkpoint.
-        for key in ("trunk", "optimizer", "lr_scheduler"):
+        for key in ("trunk", "optimizer", "lr_scheduler", "weighting"):
             if not isinstance(self.hparams.get(key), (dict, str, type(None))):
                 del self.hparams[key]
         # plain dicts, so checkpoints load with torch.load(weights_only=True)
@@ -118,6 +123,9 @@ class MultiTaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.validate_inputs = validate_inputs
+        # the default reproduces the plain sum with each TaskSpec's static weight
+        self.weighting = weighting if weighting is not None else StaticWeighting()
+        self.weighting.setup(self.tasks)
 
     # ------------------------------------------------------------------ model
     @property
@@ -179,8 +187,8 @@ class MultiTaskModule(pl.LightningModule):
         return F.mse_loss(output, target.reshape(output.shape).to(output.dtype))
 
     def combine_losses(self, losses: Mapping[str, Tensor]) -> Tensor:
-        """Weighted sum of the per-task losses with each task's static weight."""
-        return torch.stack([t.weight * losses[t.name] for t in self.tasks]).sum()
+        """Total loss from the weighting strategy (default: static ``TaskSpec`` weights)."""
+        return self.weighting(losses, self.tasks)
 
     # ------------------------------------------------------------------ steps
     def shared_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor:
@@ -192,6 +200,9 @@ class MultiTaskModule(pl.LightningModule):
         outputs = self.forward_heads(embedding)
         losses = {t.name: self.task_loss(t, outputs[t.name], targets[t.name]) for t in self.tasks}
         total = self.combine_losses(losses)
+        if stage == "train":
+            for name, weight in self.weighting.last_weights.items():
+                self.log(f"train/weight/{name}", float(weight), on_step=True, on_epoch=False)
         confusion = self.confusion_losses(embedding)
         if confusion:
             weights = {t.name: t.weight for t in self.tasks}
