@@ -83,3 +83,31 @@ def test_two_process_fit_and_test_equal_single_process(tmp_path):
     for task, row in single.items():
         for key in ("loss", "acc", "balanced_acc", "f1", "majority"):
             assert double[task][key] == pytest.approx(row[key], abs=1e-6), (task, key)
+
+
+def test_affinity_callback_under_two_processes(tmp_path):
+    """TaskAffinity averages across ranks and writes its file once (rank zero) without a hang."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "five_task_affinity.yaml"
+    _cli(
+        tmp_path,
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "10",
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
+    record = json.loads((tmp_path / "lightning_logs" / "version_0" / "affinity.json").read_text())
+    assert len(record["epochs"]) == 1
+    assert len(record["epochs"][0]["affinity"]) == len(record["tasks"]) == 5

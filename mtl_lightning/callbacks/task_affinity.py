@@ -157,12 +157,12 @@ class TaskAffinity(pl.Callback):
                     on_step=False,
                     sync_dist=False,
                 )
-        self._write(trainer, record)
+        # trainer.log_dir broadcasts under DDP: every rank asks, only rank zero writes
+        self._write(trainer, record, trainer.log_dir)
         self._sum, self._cos_sum, self._count = None, None, 0
 
     @rank_zero_only
-    def _write(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
-        log_dir = trainer.log_dir
+    def _write(self, trainer: pl.Trainer, record: dict[str, Any], log_dir: str | None) -> None:
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             path = os.path.join(log_dir, self.output_file)
