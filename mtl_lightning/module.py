@@ -5,20 +5,41 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, Metric
 
+from mtl_lightning.gradients import cosine_matrix, flat_grad, write_grads
 from mtl_lightning.metrics import ClassCounts, majority_rate, task_metrics
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
 from mtl_lightning.tasks import TaskSpec, validate_tasks
-from mtl_lightning.validation import check_batch, unpack_batch
-from mtl_lightning.weighting import StaticWeighting, WeightingStrategy
+from mtl_lightning.validation import check_batch, labelled_mask, unpack_batch
+from mtl_lightning.weighting import GradientWeighting, StaticWeighting, WeightingStrategy
+
+NonFinitePolicy = Literal["raise", "skip", "off"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A task loss or a gradient became NaN or infinite during training."""
+
+
+@dataclass
+class StepOutputs:
+    """What one forward pass produced: the inputs, the shared embedding, heads and losses."""
+
+    features: Tensor
+    targets: Mapping[str, Tensor]
+    masks: dict[str, Tensor]
+    embedding: Tensor
+    outputs: dict[str, Tensor]
+    losses: dict[str, Tensor]
+
 
 STAGES = ("train", "val", "test")
 
@@ -41,6 +62,10 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3)
 
 
+def _overrides(strategy: WeightingStrategy, hook: str) -> bool:
+    return getattr(type(strategy), hook) is not getattr(WeightingStrategy, hook)
+
+
 class MultiTaskModule(pl.LightningModule):
     """A shared trunk feeding one head per task; adversarial heads sit behind gradient reversal.
 
@@ -57,7 +82,20 @@ class MultiTaskModule(pl.LightningModule):
         validate_inputs: Check every batch against the tasks (labels in range, finite features).
         weighting: Turns per-task losses into the total and reports its weights (logged as
             ``train/weight/{task}``); default :class:`~mtl_lightning.weighting.StaticWeighting`,
-            the plain sum with each ``TaskSpec.weight``.
+            the plain sum with each ``TaskSpec.weight``. Gradient-based strategies
+            (:class:`~mtl_lightning.weighting.GradientWeighting`) switch the module to manual
+            optimisation: it computes the per-task gradients, averages them over DDP ranks,
+            aggregates them and steps the optimizer itself.
+        grad_cos_every_n_steps: Log the cosine between every two tasks' gradients of the
+            trunk as ``train/grad_cos/{a}__{b}`` every this many steps (0: never). Adversarial
+            tasks enter with their reversed gradient.
+        nonfinite: A NaN/inf task loss or gradient: ``"raise"`` a :class:`NonFiniteError`
+            naming the task, step and batch; ``"skip"`` the step and count it
+            (``train/skipped_steps``); ``"off"``: no check (saves a host sync per step).
+
+    Batches may mark missing labels with ``-100`` (classes) or NaN (regression): those
+    samples are left out of that task's loss and metrics, and a batch with none gives the
+    task a loss of exactly 0.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
@@ -76,6 +114,8 @@ class MultiTaskModule(pl.LightningModule):
         grl_lambda: float = 1.0,
         validate_inputs: bool = True,
         weighting: WeightingStrategy | None = None,
+        grad_cos_every_n_steps: int = 0,
+        nonfinite: NonFinitePolicy = "raise",
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
@@ -126,6 +166,22 @@ class MultiTaskModule(pl.LightningModule):
         # the default reproduces the plain sum with each TaskSpec's static weight
         self.weighting = weighting if weighting is not None else StaticWeighting()
         self.weighting.setup(self.tasks)
+        # gradient methods compute, reduce and write the gradients themselves
+        self.automatic_optimization = not self.weighting.uses_gradients
+        if grad_cos_every_n_steps < 0:
+            raise ValueError(f"grad_cos_every_n_steps must be >= 0, got {grad_cos_every_n_steps}")
+        if nonfinite not in ("raise", "skip", "off"):
+            raise ValueError(f"nonfinite must be 'raise', 'skip' or 'off', got {nonfinite!r}")
+        self.grad_cos_every_n_steps = grad_cos_every_n_steps
+        self.nonfinite = nonfinite
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
+        self._batch_idx = -1
+        # training accumulators go into checkpoints, so a run resumed mid-epoch ends the epoch
+        # with the same metrics (and DWA with the same epoch losses) as an uninterrupted one
+        for holder in (self.stage_metrics["train_metrics"], self.stage_losses["train_losses"]):
+            for module in holder.modules():
+                if isinstance(module, Metric):
+                    module.persistent(True)
 
     # ------------------------------------------------------------------ model
     @property
@@ -180,80 +236,383 @@ class MultiTaskModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ losses
     @staticmethod
-    def task_loss(task: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
-        """Cross-entropy for classification, mean squared error for regression."""
+    def task_loss(
+        task: TaskSpec, output: Tensor, target: Tensor, mask: Tensor | None = None
+    ) -> Tensor:
+        """Cross-entropy (classes) or mean squared error (regression) over labelled samples.
+
+        ``mask`` marks the labelled samples; with none labelled the loss is exactly 0 (and
+        still part of the graph, so every parameter gets a gradient, as DDP expects).
+
+        Example:
+            >>> t = TaskSpec("a", 3)
+            >>> float(MultiTaskModule.task_loss(t, torch.zeros(2, 3), torch.tensor([-100, -100]),
+            ...                                 torch.tensor([False, False])))
+            0.0
+        """
+        if mask is not None and not bool(mask.all()):
+            if not bool(mask.any()):
+                return output.sum() * 0.0
+            output, target = output[mask], target[mask]
         if task.is_classification:
             return F.cross_entropy(output, target.long())
         return F.mse_loss(output, target.reshape(output.shape).to(output.dtype))
+
+    def labelled_masks(self, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per task, which samples carry a usable label (missing and ``only_when`` applied)."""
+        base = {t.name: labelled_mask(t, targets[t.name]) for t in self.tasks}
+        masks = dict(base)
+        for task in self.tasks:
+            for other, values in (task.only_when or {}).items():
+                cond = targets[other]
+                allowed = torch.tensor(values, device=cond.device, dtype=cond.dtype)
+                masks[task.name] = masks[task.name] & base[other] & torch.isin(cond, allowed)
+        return masks
 
     def combine_losses(self, losses: Mapping[str, Tensor]) -> Tensor:
         """Total loss from the weighting strategy (default: static ``TaskSpec`` weights)."""
         return self.weighting(losses, self.tasks)
 
+    def confusion_total(self, embedding: Tensor, stage: str, batch_size: int) -> Tensor | None:
+        """``lambda * sum_k w_k confusion_k`` over the confusion adversaries (logged), or None."""
+        confusion = self.confusion_losses(embedding)
+        if not confusion:
+            return None
+        for name, value in confusion.items():
+            self.log(
+                f"{stage}/{name}/confusion",
+                value.detach(),
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=batch_size,
+            )
+        weights = {t.name: t.weight for t in self.tasks}
+        strength = self.reversal.lambda_.to(embedding.dtype)
+        return strength * sum(weights[n] * c for n, c in confusion.items())
+
     # ------------------------------------------------------------------ steps
-    def shared_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor:
-        """Forward, per-task losses and metrics; returns the weighted total loss."""
+    def forward_losses(self, batch: Any, batch_idx: int) -> StepOutputs:
+        """Check the batch, run trunk and heads, and compute every task's loss."""
         features, targets = unpack_batch(batch, batch_idx)
         if self.validate_inputs:
             check_batch(features, targets, self.tasks, batch_idx)
-        embedding = self.embed(features)
+        masks = self.labelled_masks(targets)
+        mask = batch.get("mask") if isinstance(batch, Mapping) else None
+        embedding = self.embed(features) if mask is None else self.trunk(features, mask=mask)
         outputs = self.forward_heads(embedding)
-        losses = {t.name: self.task_loss(t, outputs[t.name], targets[t.name]) for t in self.tasks}
-        total = self.combine_losses(losses)
-        if stage == "train":
-            for name, weight in self.weighting.last_weights.items():
-                self.log(f"train/weight/{name}", float(weight), on_step=True, on_epoch=False)
-        confusion = self.confusion_losses(embedding)
-        if confusion:
-            weights = {t.name: t.weight for t in self.tasks}
-            strength = self.reversal.lambda_.to(total.dtype)
-            total = total + strength * sum(weights[n] * c for n, c in confusion.items())
-            for name, value in confusion.items():
-                self.log(
-                    f"{stage}/{name}/confusion",
-                    value.detach(),
-                    on_step=False,
-                    on_epoch=True,
-                    sync_dist=True,
-                    batch_size=features.shape[0],
-                )
-        batch_size = features.shape[0]
+        losses = {
+            t.name: self.task_loss(t, outputs[t.name], targets[t.name], masks[t.name])
+            for t in self.tasks
+        }
+        return StepOutputs(features, targets, masks, embedding, outputs, losses)
+
+    def update_metrics(self, stage: str, step: StepOutputs, total: Tensor) -> None:
+        """Update and log the stage's per-task metrics and losses (labelled samples only)."""
+        batch_size = step.features.shape[0]
         for task in self.tasks:
-            name, output, target = task.name, outputs[task.name], targets[task.name]
-            # a batch-size-weighted torchmetrics mean: exact under DDP, whatever the shard sizes
+            name, output, target = task.name, step.outputs[task.name], step.targets[task.name]
+            mask = step.masks[name]
+            labelled = int(mask.sum()) if not bool(mask.all()) else batch_size
+            # a labelled-count-weighted torchmetrics mean: exact under DDP, whatever the shards
             loss_metric = self.stage_losses[f"{stage}_losses"][name]
-            loss_metric.update(losses[name].detach(), batch_size)
+            if labelled:
+                loss_metric.update(step.losses[name].detach(), labelled)
             self.log(f"{stage}/{name}/loss", loss_metric, on_step=False, on_epoch=True)
             collection = self.stage_metrics[f"{stage}_metrics"][name]
-            if task.is_classification:
-                collection.update(output.detach(), target)
-                if stage == "train":
-                    self.train_class_counts[name].update(target)
-            else:
-                collection.update(output.detach(), target.reshape(output.shape).to(output.dtype))
+            if labelled < batch_size:
+                output, target = output[mask], target[mask]
+            if labelled:
+                if task.is_classification:
+                    collection.update(output.detach(), target)
+                    if stage == "train":
+                        self.train_class_counts[name].update(target)
+                else:
+                    collection.update(
+                        output.detach(), target.reshape(output.shape).to(output.dtype)
+                    )
             for key, metric in collection.items():
                 self.log(
                     f"{stage}/{name}/{key}",
                     metric,
                     on_step=False,
                     on_epoch=True,
-                    batch_size=batch_size,
+                    batch_size=max(labelled, 1),
                 )
         total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
         total_metric(total.detach(), batch_size)  # forward: updates and caches the step value
         self.log(
             f"{stage}/loss", total_metric, on_step=stage == "train", on_epoch=True, prog_bar=True
         )
+
+    def shared_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor | None:
+        """Forward, per-task losses and metrics; returns the weighted total loss.
+
+        In training, returns ``None`` (Lightning then skips the step) when a task loss is not
+        finite and ``nonfinite="skip"``.
+        """
+        step = self.forward_losses(batch, batch_idx)
+        if stage == "train":
+            self._batch_idx = batch_idx
+            if self._nonfinite_losses(step.losses, batch_idx):
+                return None
+            if self._grad_cos_due():
+                self._log_grad_cos(self._task_gradients(step)[0])
+        total = self.combine_losses(step.losses)
+        if stage == "train":
+            self._log_weights()
+        confusion = self.confusion_total(step.embedding, stage, step.features.shape[0])
+        if confusion is not None:
+            total = total + confusion
+        self.update_metrics(stage, step, total)
         return total
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self.shared_step(batch, batch_idx, "train")
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if self.automatic_optimization:
+            return self.shared_step(batch, batch_idx, "train")
+        return self.aggregated_step(batch, batch_idx)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         return self.shared_step(batch, batch_idx, "val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         return self.shared_step(batch, batch_idx, "test")
+
+    # ------------------------------------------------------------------ gradient methods
+    def _reduce_mean(self, tensor: Tensor) -> Tensor:
+        """Mean over DDP ranks (identity in one process)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor, reduce_op="mean")
+
+    def _loss_scale(self) -> float:
+        """The AMP loss scale (16-mixed) that gradients written by hand must carry; else 1."""
+        if self._trainer is None:
+            return 1.0
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return 1.0
+        return float(scaler.get_scale())
+
+    def _aggregated_tasks(self) -> list[TaskSpec]:
+        return [t for t in self.tasks if not t.adversarial and t.weight > 0]
+
+    def _extra_objective(self, step: StepOutputs) -> Tensor | None:
+        """The trunk objectives that are added after aggregation: adversaries (reversed)."""
+        terms = [
+            t.weight * step.losses[t.name]
+            for t in self.tasks
+            if t.adversarial and t.adversary == "reversal" and t.weight > 0
+        ]
+        confusion = self.confusion_total(step.embedding, "train", step.features.shape[0])
+        if confusion is not None:
+            terms.append(confusion)
+        return torch.stack(terms).sum() if terms else None
+
+    def _task_gradients(
+        self, step: StepOutputs, scale: float = 1.0
+    ) -> tuple[Tensor, list[Tensor], list[nn.Parameter]]:
+        """Per-task gradients of the trunk's parameters (``[K, P]``, reduced over ranks), the
+        per-task gradients of the embedding (local), and the trunk parameters, in order.
+
+        Tasks: the aggregated main tasks, then the adversaries (their gradient reversed)."""
+        shared = [p for p in self.trunk.parameters() if p.requires_grad]
+        tasks = self._aggregated_tasks() + [t for t in self.tasks if t.adversarial]
+        rep_rows = [
+            torch.autograd.grad(
+                scale * t.weight * step.losses[t.name], step.embedding, retain_graph=True
+            )[0]
+            for t in tasks
+        ]
+        rows = torch.stack([flat_grad(step.embedding, shared, r) for r in rep_rows])
+        return self._reduce_mean(rows.float()) / scale, rep_rows, shared
+
+    def aggregated_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        """One manual-optimisation step of a :class:`GradientWeighting` strategy.
+
+        Per-task gradients (of the trunk's parameters or of the shared representation) are
+        averaged over DDP ranks *before* the strategy weights them; the trunk gets
+        ``sum_k w_k g_k`` plus the adversaries' reversed gradient, each head the gradient of
+        its own (statically weighted) loss; then the optimizer steps.
+        """
+        strategy = self.weighting
+        assert isinstance(strategy, GradientWeighting)
+        step = self.forward_losses(batch, batch_idx)
+        self._batch_idx = batch_idx
+        if self._nonfinite_losses(step.losses, batch_idx):
+            return None
+        scale = self._loss_scale()
+        emb = step.embedding
+        main = self._aggregated_tasks()
+        k = len(main)
+        shared = [p for p in self.trunk.parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in shared}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in shared_ids]
+        rep_rows = [
+            torch.autograd.grad(scale * t.weight * step.losses[t.name], emb, retain_graph=True)[0]
+            for t in main
+        ]
+        extra = self._extra_objective(step)
+        extra_rep = (
+            torch.autograd.grad(scale * extra, emb, retain_graph=True, allow_unused=True)[0]
+            if extra is not None
+            else None
+        )
+        head_total = torch.stack([t.weight * step.losses[t.name] for t in self.tasks]).sum()
+        head_flat = flat_grad(scale * head_total, others) if others else emb.new_zeros(0)
+        losses = torch.stack([step.losses[t.name].detach().float() for t in main])
+        with torch.autocast(device_type=emb.device.type, enabled=False):
+            if strategy.level == "rep":
+                rows = torch.stack(rep_rows).flatten(1).float() / scale if k else None
+                local = rows @ rows.T if rows is not None else emb.new_zeros(0, 0)
+                packed = self._reduce_mean(torch.cat([local.flatten(), losses]))
+                # each rank's loss is its shard's mean: the global Gramian is sum_r G_r / R^2
+                world = self.trainer.world_size if self._trainer is not None else 1
+                gramian = packed[: k * k].view(k, k) / world
+                weights = strategy.gramian_weights(gramian, packed[k * k :]) if k else losses
+                rep_update = sum(
+                    (w * r for w, r in zip(weights.to(emb.dtype), rep_rows, strict=True)),
+                    torch.zeros_like(emb),
+                )
+                if extra_rep is not None:
+                    rep_update = rep_update + extra_rep
+                trunk_local = flat_grad(emb, shared, rep_update)
+                reduced = self._reduce_mean(torch.cat([trunk_local.float(), head_flat.float()]))
+                trunk_flat = reduced[: trunk_local.numel()]
+                head_red = reduced[trunk_local.numel() :]
+            else:
+                jac = (
+                    torch.stack([flat_grad(emb, shared, r).float() for r in rep_rows])
+                    if k
+                    else emb.new_zeros(0, sum(p.numel() for p in shared))
+                )
+                extra_flat = (
+                    flat_grad(emb, shared, extra_rep).float()
+                    if extra_rep is not None
+                    else jac.new_zeros(jac.shape[1])
+                )
+                parts = [jac.flatten(), losses, extra_flat, head_flat.float()]
+                packed = self._reduce_mean(torch.cat(parts))
+                sizes = [p.numel() for p in parts]
+                jac_r, losses_r, extra_r, head_red = torch.split(packed, sizes)
+                jac_r = jac_r.view(k, -1)
+                gramian = (jac_r @ jac_r.T) / (scale * scale)
+                weights = (
+                    strategy.gramian_weights(gramian, losses_r, jac_r / scale) if k else losses_r
+                )
+                trunk_flat = jac_r.T @ weights.to(jac_r) + extra_r
+        write_grads(shared, trunk_flat)
+        if others:
+            write_grads(others, head_red)
+        if self.nonfinite != "off" and scale == 1.0:
+            finite = bool(torch.isfinite(trunk_flat).all()) and bool(torch.isfinite(head_red).all())
+            if not finite and self._nonfinite_gradients_skip():
+                return None
+        optimizer = self.optimizers()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        applied = dict(zip([t.name for t in main], weights.tolist(), strict=True))
+        strategy.last_weights = {
+            t.name: round(applied.get(t.name, 0.0 if not t.adversarial else 1.0) * t.weight, 6)
+            for t in self.tasks
+        }
+        self._log_weights()
+        if self._grad_cos_due() and k > 1:
+            self._log_cosines([t.name for t in main], gramian)
+        total = torch.stack([w * step.losses[t.name] for w, t in zip(weights, main, strict=True)])
+        total = total.sum() if k else emb.new_zeros(())
+        if extra is not None:
+            total = total + extra
+        self.update_metrics("train", step, total.detach())
+        return total.detach()
+
+    # ------------------------------------------------------------------ diagnostics
+    def _log_weights(self) -> None:
+        if not self._should_log_step():
+            return
+        for name, weight in self.weighting.last_weights.items():
+            self.log(f"train/weight/{name}", float(weight), on_step=True, on_epoch=False)
+
+    def _should_log_step(self) -> bool:
+        if self._trainer is None:
+            return False
+        every = max(1, int(self.trainer.log_every_n_steps))
+        return self.global_step % every == 0
+
+    def _grad_cos_due(self) -> bool:
+        n = self.grad_cos_every_n_steps
+        return n > 0 and self._trainer is not None and self.global_step % n == 0
+
+    def _log_grad_cos(self, rows: Tensor) -> None:
+        names = [t.name for t in self._aggregated_tasks()] + [
+            t.name for t in self.tasks if t.adversarial
+        ]
+        self._log_cosines(names, rows @ rows.T)
+
+    def _log_cosines(self, names: Sequence[str], gramian: Tensor) -> None:
+        cos = cosine_matrix(gramian.float())
+        for i, a in enumerate(names):
+            for j in range(i + 1, len(names)):
+                value = float(cos[i, j])
+                if math.isfinite(value):  # a zero gradient (lambda = 0) has no direction
+                    self.log(f"train/grad_cos/{a}__{names[j]}", value, on_step=True, on_epoch=False)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any DDP rank (every rank then takes the same branch)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return flag
+        value = torch.tensor(float(flag), device=self.device)
+        return bool(self.trainer.strategy.reduce(value, reduce_op="sum") > 0)
+
+    def _nonfinite_losses(self, losses: Mapping[str, Tensor], batch_idx: int) -> bool:
+        """Apply the non-finite policy to the task losses; True means skip this step."""
+        if self.nonfinite == "off":
+            return False
+        stacked = torch.stack([v.detach().float() for v in losses.values()])
+        bad_here = not bool(torch.isfinite(stacked).all())
+        if not self._any_rank(bad_here):
+            return False
+        bad = {n: float(v) for n, v in losses.items() if not math.isfinite(float(v))}
+        where = f"step {self.global_step}, batch {batch_idx}"
+        if self.nonfinite == "raise":
+            raise NonFiniteError(
+                f"{where}: non-finite loss for task(s) "
+                + ", ".join(f"{n!r} ({v})" for n, v in bad.items())
+                + (" on another DDP rank" if not bad else "")
+                + "; set model.nonfinite='skip' to skip such steps"
+            )
+        self.skipped_steps += 1
+        warnings.warn(
+            f"{where}: skipped, non-finite task loss(es) {bad or '(another rank)'}", stacklevel=2
+        )
+        return True
+
+    def _nonfinite_gradients_skip(self) -> bool:
+        """Called with non-finite gradients: raise, or drop them (True: skip the step)."""
+        names = [
+            n
+            for n, p in self.named_parameters()
+            if p.grad is not None and not p.grad.isfinite().all()
+        ]
+        where = f"step {self.global_step}, batch {self._batch_idx}"
+        if self.nonfinite == "raise":
+            raise NonFiniteError(
+                f"{where}: non-finite gradient in {names[:5]}{' ...' if len(names) > 5 else ''} "
+                "although every task loss was finite; set model.nonfinite='skip' to skip such steps"
+            )
+        for p in self.parameters():
+            p.grad = None  # optimizers skip parameters without a gradient
+        self.skipped_steps += 1
+        warnings.warn(f"{where}: skipped, non-finite gradients in {names[:5]}", stacklevel=2)
+        return True
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # 16-mixed: the GradScaler already skips steps with inf/NaN gradients
+        if self.nonfinite == "off" or not self.automatic_optimization or self._loss_scale() != 1.0:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum())):
+            self._nonfinite_gradients_skip()
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, dict[str, Tensor]]:
         """Per task: ``pred`` (class index or regression output) and, for classes, ``prob``."""
@@ -281,11 +640,33 @@ class MultiTaskModule(pl.LightningModule):
             if not torch.isnan(majority):
                 self.log(f"{stage}/{task.name}/majority", float(majority), sync_dist=False)
 
+    def on_fit_start(self) -> None:
+        self.weighting.set_reducer(self._reduce_mean)
+
     def on_train_epoch_end(self) -> None:
         self._log_baselines("train")
+        self.log("train/skipped_steps", self.skipped_steps.float(), sync_dist=False)
+        if _overrides(self.weighting, "on_train_epoch_end"):
+            losses = self.stage_losses["train_losses"]
+            self.weighting.on_train_epoch_end(
+                {t.name: float(losses[t.name].compute()) for t in self.tasks}
+            )
+        if not self.automatic_optimization:  # manual optimisation steps its schedulers itself
+            schedulers = self.lr_schedulers()
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+                if scheduler is not None:
+                    scheduler.step()
 
     def on_validation_epoch_end(self) -> None:
         self._log_baselines("val")
+        if self.trainer.sanity_checking or not _overrides(self.weighting, "on_validation_end"):
+            return
+        values: dict[str, dict[str, float]] = {}
+        for task in self.tasks:
+            collection = self.stage_metrics["val_metrics"][task.name]
+            values[task.name] = {k: float(m.compute()) for k, m in collection.items()}
+            values[task.name]["loss"] = float(self.stage_losses["val_losses"][task.name].compute())
+        self.weighting.on_validation_end(values)
 
     def on_test_epoch_end(self) -> None:
         self._log_baselines("test")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -27,6 +28,9 @@ class TaskSpec:
             ``"confusion"``: the head learns on detached features and the trunk minimises
             ``lambda`` times the cross-entropy between the (frozen) head's prediction and the
             uniform distribution, so it is pushed to make the head *uncertain*, not wrong.
+        only_when: A conditional task: ``{"seed": [1]}`` means this task's labels count only
+            where task ``seed`` has label 1; elsewhere they are treated as missing. Missing
+            labels (``-100`` for classes, NaN for regression) never enter the loss or metrics.
 
     Example:
         >>> spec = TaskSpec("speaker", 11, role="adversarial")
@@ -40,6 +44,7 @@ class TaskSpec:
     role: TaskRole = "main"
     weight: float = 1.0
     adversary: AdversaryKind = "reversal"
+    only_when: Mapping[str, Sequence[int]] | None = dataclasses.field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or not self.name.strip() == self.name:
@@ -67,6 +72,23 @@ class TaskSpec:
                 f"task {self.name!r}: size must be an integer >= {minimum} for {self.kind}, "
                 f"got {self.size!r}"
             )
+        if self.only_when is not None:
+            if not isinstance(self.only_when, Mapping) or len(self.only_when) != 1:
+                raise ValueError(
+                    f"task {self.name!r}: only_when must name exactly one task, e.g. "
+                    f"{{'seed': [1]}}; got {self.only_when!r}"
+                )
+            ((other, values),) = self.only_when.items()
+            if other == self.name:
+                raise ValueError(f"task {self.name!r}: only_when cannot refer to itself")
+            if isinstance(values, (str, bytes)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values
+            ):
+                raise ValueError(
+                    f"task {self.name!r}: only_when[{other!r}] must be a list of class indices, "
+                    f"got {values!r}"
+                )
+            object.__setattr__(self, "only_when", {str(other): [int(v) for v in values]})
         if not (self.weight >= 0.0) or self.weight == float("inf"):
             raise ValueError(
                 f"task {self.name!r}: weight must be finite and >= 0, got {self.weight}"
@@ -108,4 +130,40 @@ def validate_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:
         raise ValueError(f"duplicate task names: {duplicates}")
     if not any(not t.adversarial for t in tasks):
         raise ValueError("at least one task must have role='main'; all tasks are adversarial")
+    by_name = {t.name: t for t in tasks}
+    for t in tasks:
+        for other, values in (t.only_when or {}).items():
+            if other not in by_name:
+                raise ValueError(
+                    f"task {t.name!r}: only_when refers to unknown task {other!r}; tasks: {names}"
+                )
+            cond = by_name[other]
+            bad = [v for v in values if not cond.is_classification or not 0 <= v < cond.size]
+            if bad:
+                raise ValueError(
+                    f"task {t.name!r}: only_when[{other!r}] values {bad} are not classes of "
+                    f"{other!r} (a classification task with {cond.size} classes is needed)"
+                )
     return tasks
+
+
+def apply_conditions(
+    tasks: Sequence[TaskSpec], conditions: Mapping[str, Mapping[str, Sequence[int]]] | None
+) -> list[TaskSpec]:
+    """Return ``tasks`` with ``only_when`` set from ``{task: {condition_task: [classes]}}``.
+
+    Example:
+        >>> tasks = apply_conditions([TaskSpec("seed", 2), TaskSpec("quality", 3)],
+        ...                          {"quality": {"seed": [1]}})
+        >>> tasks[1].only_when
+        {'seed': [1]}
+    """
+    conditions = dict(conditions or {})
+    unknown = sorted(set(conditions) - {t.name for t in tasks})
+    if unknown:
+        raise ValueError(f"conditions name unknown task(s) {unknown}")
+    out = [
+        dataclasses.replace(t, only_when=conditions[t.name]) if t.name in conditions else t
+        for t in tasks
+    ]
+    return validate_tasks(out)

@@ -11,6 +11,9 @@ from mtl_lightning.tasks import TaskSpec
 
 _MAX_LISTED = 10
 
+#: a missing class label (PyTorch's ``ignore_index`` convention); NaN marks a missing regression target
+IGNORE_INDEX = -100
+
 
 class BatchError(ValueError):
     """A batch does not match the model's declared tasks or contains invalid values."""
@@ -44,15 +47,16 @@ def check_batch(
     """Raise :class:`BatchError` if the batch does not fit the declared tasks.
 
     Checks: every declared task has labels and no undeclared task does; features are finite;
-    class labels are integers in ``[0, K)``; regression targets are finite and shaped
-    ``[batch, size]`` (or ``[batch]`` when ``size == 1``); label counts match the batch size.
+    class labels are integers in ``[0, K)`` or ``-100`` (missing); regression targets are
+    shaped ``[batch, size]`` (or ``[batch]`` when ``size == 1``), finite or NaN (missing), never
+    infinite; label counts match the batch size.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
         >>> check_batch(torch.zeros(2, 3), {"a": torch.tensor([0, 5])}, [TaskSpec("a", 3)], 7)
         Traceback (most recent call last):
         ...
-        mtl_lightning.validation.BatchError: batch 7, task 'a': labels must be in [0, 3); found 5 at sample(s) [1]
+        mtl_lightning.validation.BatchError: batch 7, task 'a': labels must be in [0, 3); found 5 at sample(s) [1] (-100 marks a missing label)
     """
     names = [t.name for t in tasks]
     unknown = sorted(set(targets) - set(names))
@@ -97,12 +101,13 @@ def _check_classes(y: Tensor, task: TaskSpec, where: str) -> None:
             f"{where}: class labels must be a 1-D integer tensor, got shape {list(y.shape)} "
             f"dtype {y.dtype}"
         )
-    bad = ((y < 0) | (y >= task.size)).nonzero().flatten()
+    bad = (((y < 0) | (y >= task.size)) & (y != IGNORE_INDEX)).nonzero().flatten()
     if bad.numel():
         values = sorted(set(y[bad].tolist()))
         raise BatchError(
             f"{where}: labels must be in [0, {task.size}); found {_listed(values)[1:-1]} "
             f"at sample(s) {_listed(bad.tolist())}"
+            f" ({IGNORE_INDEX} marks a missing label)"
         )
 
 
@@ -113,8 +118,21 @@ def _check_regression(y: Tensor, task: TaskSpec, where: str) -> None:
             f"{where}: regression targets must be a float tensor of shape {expected[0]}, "
             f"got shape {list(y.shape)} dtype {y.dtype}"
         )
-    finite = torch.isfinite(y).reshape(y.shape[0], -1).all(dim=1)
-    if not bool(finite.all()):
+    infinite = torch.isinf(y).reshape(y.shape[0], -1).any(dim=1)
+    if bool(infinite.any()):
         raise BatchError(
-            f"{where}: targets contain NaN/inf at sample(s) {_listed((~finite).nonzero().flatten().tolist())}"
+            f"{where}: targets contain inf at sample(s) {_listed(infinite.nonzero().flatten().tolist())}"
+            " (NaN marks a missing target; inf is never valid)"
         )
+
+
+def labelled_mask(task: TaskSpec, target: Tensor) -> Tensor:
+    """Boolean ``[batch]`` mask of the samples that carry a label for ``task``.
+
+    Example:
+        >>> labelled_mask(TaskSpec("a", 3), torch.tensor([0, -100, 2]))
+        tensor([ True, False,  True])
+    """
+    if task.is_classification:
+        return target != IGNORE_INDEX
+    return ~torch.isnan(target.reshape(target.shape[0], -1)).any(dim=1)

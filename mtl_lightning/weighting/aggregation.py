@@ -1,0 +1,89 @@
+"""Gradient aggregation through torchjd's aggregators (UPGrad, MGDA, PCGrad, IMTL-G, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchjd.aggregation import Aggregator, GramianWeightedAggregator, UPGrad, WeightedAggregator
+
+from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.weighting.base import GradientLevel, GradientWeighting
+
+
+class JacobianAggregation(GradientWeighting):
+    """Combine the main tasks' gradients of the shared trunk with a torchjd aggregator.
+
+    The host computes the per-task gradients, averages them over DDP ranks *before* they are
+    aggregated, and writes ``sum_k w_k g_k`` into the trunk's ``.grad``; this class only asks
+    torchjd for the weights ``w``. Gramian-based aggregators (UPGrad, MGDA, PCGrad, IMTL-G,
+    Aligned-MTL, DualProj, CAGrad) work at both levels: ``"shared"`` (gradients of the trunk's
+    parameters, one backward pass per task) and ``"rep"`` (gradients of the shared
+    representation, nearly free: the weights come from that Gramian and are applied to the
+    losses). Aggregators that need the Jacobian itself (Nash-MTL) need ``level="shared"``.
+    Randomised ones (PCGrad's task order) draw from a generator seeded by ``seed`` and the
+    step, so all ranks and resumed runs agree. CAGrad and Nash-MTL need torchjd's optional
+    solvers: ``pip install "torchjd[cagrad]"`` / ``"torchjd[nash_mtl]"`` (torchjd's error says so).
+
+    In YAML::
+
+        weighting:
+          class_path: mtl_lightning.weighting.JacobianAggregation
+          init_args:
+            aggregator: {class_path: torchjd.aggregation.UPGrad}
+            level: shared
+
+    Args:
+        aggregator: A torchjd aggregator with weights (default ``UPGrad()``).
+        level: ``"shared"`` or ``"rep"``.
+        seed: Seed for randomised aggregators.
+
+    Example:
+        >>> from torchjd.aggregation import MGDA
+        >>> from mtl_lightning.tasks import TaskSpec
+        >>> agg = JacobianAggregation(MGDA())
+        >>> agg.setup([TaskSpec("a", 2), TaskSpec("b", 2)])
+        >>> g = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+        >>> agg.gramian_weights(g @ g.T, torch.ones(2))  # min-norm point of the hull
+        tensor([0.9000, 0.1000])
+    """
+
+    def __init__(
+        self, aggregator: Aggregator | None = None, level: GradientLevel = "shared", seed: int = 0
+    ) -> None:
+        super().__init__(level)
+        self.aggregator = aggregator if aggregator is not None else UPGrad()
+        name = type(self.aggregator).__name__
+        if not isinstance(self.aggregator, WeightedAggregator):
+            raise TypeError(
+                f"aggregator {name} does not expose task weights; use one of torchjd's weighted "
+                "aggregators (UPGrad, MGDA, PCGrad, IMTLG, AlignedMTL, DualProj, CAGrad, NashMTL)"
+            )
+        self.gramian_based = isinstance(self.aggregator, GramianWeightedAggregator)
+        if level == "rep" and not self.gramian_based:
+            raise ValueError(
+                f"aggregator {name} needs the Jacobian itself, not its Gramian: use level='shared'"
+            )
+        self.seed = seed
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def setup(self, tasks: Sequence[TaskSpec]) -> None:
+        reset = getattr(self.aggregator, "reset", None)
+        if callable(reset):
+            reset()
+
+    def gramian_weights(
+        self, gramian: Tensor, losses: Tensor, jacobian: Tensor | None = None
+    ) -> Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + int(self.step))
+            if self.gramian_based:
+                weights = self.aggregator.gramian_weighting(gramian)
+            else:
+                if jacobian is None:
+                    raise ValueError(f"{type(self.aggregator).__name__} needs level='shared'")
+                weights = self.aggregator.weighting(jacobian)
+        if self.training:
+            self.step += 1
+        return weights.detach()

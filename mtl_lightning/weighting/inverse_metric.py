@@ -1,0 +1,129 @@
+"""Dynamic weights inversely proportional to each task's validation metric."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.weighting.base import WeightingStrategy
+from mtl_lightning.weighting.static import weighted_sum
+
+#: metrics for which a higher value is better; anything else (loss, mse, mae) is lower-is-better
+HIGHER_IS_BETTER = frozenset({"acc", "balanced_acc", "f1"})
+
+
+def inverse_metric_weights(
+    values: Tensor, higher_is_better: bool, floor: float = 0.05, eps: float = 1e-6
+) -> Tensor:
+    """Weights summing to ``K``: ``∝ 1 / value`` (higher-is-better) or ``∝ value`` (lower).
+
+    Each weight is then raised to at least ``floor`` (a fraction of the mean weight, 1.0)
+    and the result renormalised, so no task vanishes.
+
+    Example:
+        >>> inverse_metric_weights(torch.tensor([0.9, 0.3]), higher_is_better=True)
+        tensor([0.5000, 1.5000])
+        >>> inverse_metric_weights(torch.tensor([1.0, 3.0]), higher_is_better=False)
+        tensor([0.5000, 1.5000])
+    """
+    k = values.numel()
+    raw = 1.0 / values.clamp_min(eps) if higher_is_better else values.clamp_min(eps)
+    weights = k * raw / raw.sum()
+    if floor > 0:
+        weights = weights.clamp_min(floor)
+        weights = k * weights / weights.sum()
+    return weights
+
+
+class InverseMetricWeighting(WeightingStrategy):
+    """Weights updated at each validation end from the synced ``val/{task}/{metric}`` values.
+
+    A task that is already good gets less weight: ``w_k ∝ 1 / metric_k`` for higher-is-better
+    metrics (accuracy), ``w_k ∝ metric_k`` for lower-is-better ones (loss, mse). The new
+    weights are normalised to sum to the number of weighted tasks, floored, and blended with
+    the old ones: ``w ← smoothing * w_old + (1 - smoothing) * w_new``. Before the first
+    validation every task has weight 1. Adversarial tasks keep their static weight.
+
+    Args:
+        metric: Metric key for classification tasks (``acc``, ``balanced_acc``, ``f1``, ``loss``).
+        regression_metric: Metric key for regression tasks (``mse``, ``mae``, ``loss``).
+        smoothing: Weight of the previous weights in the update (0: use the new ones as is).
+        floor: Minimum weight as a fraction of the mean weight (1.0).
+
+    Example:
+        >>> from mtl_lightning.tasks import TaskSpec
+        >>> tasks = [TaskSpec("a", 2), TaskSpec("b", 2)]
+        >>> w = InverseMetricWeighting(metric="acc", smoothing=0.0)
+        >>> w.setup(tasks)
+        >>> w.on_validation_end({"a": {"acc": 0.9}, "b": {"acc": 0.3}})
+        >>> w.current_weights()
+        {'a': 0.5, 'b': 1.5}
+    """
+
+    def __init__(
+        self,
+        metric: str = "balanced_acc",
+        regression_metric: str = "mse",
+        smoothing: float = 0.5,
+        floor: float = 0.05,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if not 0.0 <= floor < 1.0:
+            raise ValueError(f"floor must be in [0, 1), got {floor}")
+        self.metric = metric
+        self.regression_metric = regression_metric
+        self.smoothing = smoothing
+        self.floor = floor
+        self.names: list[str] = []
+        self.task_keys: dict[str, str] = {}
+        self.register_buffer("weights", torch.ones(0))
+
+    def setup(self, tasks: Sequence[TaskSpec]) -> None:
+        self.names = [t.name for t in tasks if not t.adversarial]
+        kinds = {t.is_classification for t in tasks if not t.adversarial}
+        if len(kinds) > 1 and (self.metric in HIGHER_IS_BETTER) != (
+            self.regression_metric in HIGHER_IS_BETTER
+        ):
+            raise ValueError(
+                f"metric {self.metric!r} and regression_metric {self.regression_metric!r} "
+                "point in different directions; mixed tasks need two lower-is-better metrics "
+                "(e.g. 'loss') or two higher-is-better ones"
+            )
+        self.task_keys = {
+            t.name: self.metric if t.is_classification else self.regression_metric
+            for t in tasks
+            if not t.adversarial
+        }
+        self.weights = torch.ones(len(self.names))
+
+    def current_weights(self) -> dict[str, float]:
+        """The weights of the main tasks now, by name."""
+        return {n: round(float(w), 6) for n, w in zip(self.names, self.weights, strict=True)}
+
+    def on_validation_end(self, metrics: Mapping[str, Mapping[str, float]]) -> None:
+        if not self.names:
+            return
+        values = []
+        for name in self.names:
+            key = self.task_keys[name]
+            if name not in metrics or key not in metrics[name]:
+                raise KeyError(
+                    f"InverseMetricWeighting: no validation value {key!r} for task {name!r}; "
+                    f"available: {sorted(metrics.get(name, {}))}"
+                )
+            values.append(float(metrics[name][key]))
+        higher = self.task_keys[self.names[0]] in HIGHER_IS_BETTER
+        new = inverse_metric_weights(torch.tensor(values), higher, self.floor)
+        self.weights = self.smoothing * self.weights + (1 - self.smoothing) * new.to(self.weights)
+
+    def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
+        dynamic = dict(zip(self.names, self.weights.tolist(), strict=True))
+        # a TaskSpec weight of 0 (compare's inactive tasks) stays 0
+        weights = {t.name: dynamic.get(t.name, 1.0) * t.weight for t in tasks}
+        self.last_weights = weights
+        return weighted_sum(losses, weights)

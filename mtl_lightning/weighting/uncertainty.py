@@ -1,0 +1,74 @@
+"""Uncertainty weighting (Kendall, Gal & Cipolla, 2018): learnable per-task log-variances."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.weighting.base import WeightingStrategy
+
+
+def uncertainty_total(losses: Tensor, log_vars: Tensor, regression: Tensor) -> Tensor:
+    """``sum_k c_k exp(-s_k) L_k + s_k / 2`` with ``c_k = 1/2`` for regression, 1 for classes.
+
+    ``s_k = log sigma_k^2``. For regression this is the Gaussian negative log-likelihood with
+    a learned variance (``L/(2 sigma^2) + log sigma``); for classification, the paper's
+    approximation (``L/sigma^2 + log sigma``).
+
+    Example:
+        >>> uncertainty_total(torch.tensor([2.0, 4.0]), torch.tensor([0.0, 2.0]),
+        ...                   torch.tensor([False, True]))
+        tensor(3.2707)
+    """
+    scale = torch.where(regression, 0.5, 1.0).to(losses)
+    return (scale * torch.exp(-log_vars) * losses + 0.5 * log_vars).sum()
+
+
+class UncertaintyWeighting(WeightingStrategy):
+    """Each main task's weight is ``c_k exp(-s_k)`` with a learned log-variance ``s_k``.
+
+    The log-variances are parameters of this module, so the model's optimizer learns them
+    (use no or small weight decay on them) and checkpoints keep them. Adversarial tasks keep
+    their static ``TaskSpec.weight``.
+
+    Args:
+        init_log_var: Initial ``s_k`` for every task.
+
+    Example:
+        >>> from mtl_lightning.tasks import TaskSpec
+        >>> tasks = [TaskSpec("a", 2), TaskSpec("b", 1, kind="regression")]
+        >>> u = UncertaintyWeighting()
+        >>> u.setup(tasks)
+        >>> float(u({"a": torch.tensor(2.0), "b": torch.tensor(4.0)}, tasks))
+        4.0
+        >>> u.last_weights
+        {'a': 1.0, 'b': 0.5}
+    """
+
+    def __init__(self, init_log_var: float = 0.0) -> None:
+        super().__init__()
+        self.init_log_var = init_log_var
+        self.names: list[str] = []
+        self.log_vars = nn.Parameter(torch.zeros(0))
+        self.register_buffer("regression", torch.zeros(0, dtype=torch.bool))
+
+    def setup(self, tasks: Sequence[TaskSpec]) -> None:
+        main = [t for t in tasks if not t.adversarial]
+        self.names = [t.name for t in main]
+        self.log_vars = nn.Parameter(torch.full((len(main),), float(self.init_log_var)))
+        self.regression = torch.tensor([not t.is_classification for t in main], dtype=torch.bool)
+
+    def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
+        static = {t.name: t.weight for t in tasks}
+        main = torch.stack([losses[n] * static[n] for n in self.names])
+        total = uncertainty_total(main, self.log_vars.to(main.dtype), self.regression)
+        extra = [t.weight * losses[t.name] for t in tasks if t.name not in self.names]
+        if extra:
+            total = total + torch.stack(extra).sum()
+        scale = torch.where(self.regression, 0.5, 1.0) * torch.exp(-self.log_vars.detach())
+        weights = dict(zip(self.names, scale.tolist(), strict=True))
+        self.last_weights = {t.name: round(weights.get(t.name, 1.0) * t.weight, 6) for t in tasks}
+        return total
