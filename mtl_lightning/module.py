@@ -643,6 +643,17 @@ class MultiTaskModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self.weighting.set_reducer(self._reduce_mean)
 
+    def on_train_epoch_start(self) -> None:
+        # The training accumulators are checkpointed (exact mid-epoch resume). A checkpoint
+        # written at the end of an epoch still holds that epoch's sums: clear them whenever an
+        # epoch starts from its first batch (the progress counter still holds the last epoch's).
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if not 0 < done < self.trainer.num_training_batches:
+            for holder in (self.stage_metrics["train_metrics"], self.stage_losses["train_losses"]):
+                for module in holder.modules():
+                    if isinstance(module, Metric):
+                        module.reset()
+
     def on_train_epoch_end(self) -> None:
         self._log_baselines("train")
         self.log("train/skipped_steps", self.skipped_steps.float(), sync_dist=False)
