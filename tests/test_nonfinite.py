@@ -1,0 +1,105 @@
+"""A NaN/inf task loss or gradient stops the run naming task, step and batch, or is skipped and counted."""
+
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from mtl_lightning.data.base import TensorTaskDataset
+from mtl_lightning.module import MultiTaskModule, NonFiniteError
+from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.weighting import JacobianAggregation
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+class _NaNGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class PoisonTrunk(nn.Module):
+    """Linear trunk that, from `poison_at` calls on, yields inf features or NaN gradients."""
+
+    out_features = 4
+
+    def __init__(self, mode: str, poison_at: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+        self.mode, self.poison_at, self.calls = mode, poison_at, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        out = self.linear(x)
+        if self.training and self.calls > self.poison_at:
+            out = out * float("inf") if self.mode == "loss" else _NaNGrad.apply(out)
+        return out
+
+
+def _fit(mode: str, nonfinite: str, weighting=None, poison_at: int = 2):
+    pl.seed_everything(0, verbose=False)
+    g = torch.Generator().manual_seed(0)
+    ds = TensorTaskDataset(
+        torch.randn(40, 3, generator=g),
+        {
+            "a": torch.randint(0, 2, (40,), generator=g),
+            "b": torch.randint(0, 3, (40,), generator=g),
+        },
+    )
+    model = MultiTaskModule(
+        [TaskSpec("a", 2), TaskSpec("b", 3)],
+        trunk=PoisonTrunk(mode, poison_at),
+        head_hidden=0,
+        nonfinite=nonfinite,
+        weighting=weighting,
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DataLoader(ds, batch_size=8))
+    return model, before
+
+
+@pytest.mark.parametrize("weighting", [None, JacobianAggregation()], ids=["auto", "aggregation"])
+def test_nonfinite_loss_raises_naming_task_step_and_batch(weighting):
+    with pytest.raises(NonFiniteError, match=r"step 2, batch 2: non-finite loss for task\(s\) 'a'"):
+        _fit("loss", "raise", weighting)
+
+
+def test_nonfinite_gradient_raises_naming_step_batch_and_parameters():
+    with pytest.raises(
+        NonFiniteError, match=r"step 2, batch 2: non-finite gradient in \['trunk\.linear"
+    ):
+        _fit("grad", "raise")
+
+
+@pytest.mark.parametrize("mode", ["loss", "grad"])
+@pytest.mark.parametrize("weighting", [None, JacobianAggregation()], ids=["auto", "aggregation"])
+def test_skip_policy_skips_and_counts_without_touching_the_weights(mode, weighting):
+    with pytest.warns(UserWarning, match="skipped"):
+        model, _ = _fit(mode, "skip", weighting)
+    # 5 batches, the first 2 clean: 3 skipped steps, and the parameters stay finite
+    assert int(model.skipped_steps) == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skipped_steps_leave_parameters_unchanged():
+    model, before = _fit("loss", "skip", poison_at=0)
+    assert int(model.skipped_steps) == 5
+    for key, value in model.state_dict().items():
+        if key.startswith(("trunk", "heads")):
+            assert torch.equal(value, before[key]), key
