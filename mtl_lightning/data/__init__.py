@@ -12,3 +12,6 @@ __all__ = [
 from mtl_lightning.data.tabular import SinCosDataModule, SyntheticTabularDataModule  # noqa: E402
 
 __all__ += ["SinCosDataModule", "SyntheticTabularDataModule"]
+from mtl_lightning.data.seeds import SyntheticSeedDataModule  # noqa: E402
+
+__all__ += ["SyntheticSeedDataModule"]
