@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import sys
 from importlib import resources
+from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from mtl_lightning.callbacks import GradientReversalSchedule, MultiTaskSummary
+from mtl_lightning.callbacks.rng_state import RNGStateCheckpoint
+from mtl_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint
+from mtl_lightning.checks import check_checkpoint_file
 from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.module import MultiTaskModule
 
@@ -27,6 +33,46 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(GradientReversalSchedule, "reversal")
         parser.add_lightning_class_args(MultiTaskSummary, "summary")
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+
+    # --- fault tolerance (issue 6): atomic checkpoint writes and RNG state in checkpoints -----
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Add :class:`AtomicCheckpointIO` (unless the config names a ``CheckpointIO``) and the
+        :class:`RNGStateCheckpoint` callback (unless configured), for exact, crash-safe resume."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer = config.get("trainer") or {}
+        plugins = trainer.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        callbacks = trainer.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if not any(isinstance(c, RNGStateCheckpoint) for c in callbacks):
+            callbacks.append(RNGStateCheckpoint())
+        return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
+
+    def _check_ckpt_path(self) -> None:
+        """``--ckpt_path last`` also finds the newest ``last*.ckpt`` of earlier runs (versions);
+        a missing or truncated checkpoint file is an error naming the file."""
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config.get("ckpt_path") == "last":
+            found = find_last_checkpoint(self.trainer)
+            if found is not None:
+                config["ckpt_path"] = found
+        if config.get("ckpt_path"):
+            check_checkpoint_file(config["ckpt_path"])
+
+    before_fit = before_validate = before_test = before_predict = _check_ckpt_path
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then reject a missing or truncated ``--ckpt_path`` with an error naming the
+        file (LightningCLI reads the checkpoint's hyperparameters right after parsing)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        ckpt_path = (self.config[subcommand] if subcommand else self.config).get("ckpt_path")
+        if ckpt_path:
+            check_checkpoint_file(ckpt_path)
+
+    # --- end fault tolerance -----------------------------------------------------------------
 
 
 EXTRA_COMMANDS = {"probe": "train fresh probes on a checkpoint's frozen representation"}

@@ -415,13 +415,21 @@ class MultiTaskModule(pl.LightningModule):
         """Per-task gradients of the trunk's parameters (``[K, P]``, reduced over ranks), the
         per-task gradients of the embedding (local), and the trunk parameters, in order.
 
-        Tasks: the aggregated main tasks, then the adversaries (their gradient reversed)."""
+        Tasks: the aggregated main tasks, then the adversaries: a reversal adversary with its
+        reversed gradient, a confusion adversary with that of its ``lambda``-scaled confusion
+        loss (the head sees a detached embedding, so its own loss has none)."""
         shared = [p for p in self.trunk.parameters() if p.requires_grad]
         tasks = self._aggregated_tasks() + [t for t in self.tasks if t.adversarial]
+        confusion = self.confusion_losses(step.embedding)
+        strength = self.reversal.lambda_.to(step.embedding.dtype)
+
+        def trunk_objective(t: TaskSpec) -> Tensor:
+            if t.name in confusion:
+                return strength * t.weight * confusion[t.name]
+            return t.weight * step.losses[t.name]
+
         rep_rows = [
-            torch.autograd.grad(
-                scale * t.weight * step.losses[t.name], step.embedding, retain_graph=True
-            )[0]
+            torch.autograd.grad(scale * trunk_objective(t), step.embedding, retain_graph=True)[0]
             for t in tasks
         ]
         rows = torch.stack([flat_grad(step.embedding, shared, r) for r in rep_rows])

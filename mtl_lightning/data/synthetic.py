@@ -179,12 +179,9 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams
-        return DataLoader(
-            self._require(self.train_set),
-            batch_size=h.batch_size,
-            shuffle=True,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
+        # seeded per-epoch shuffle that checkpoints its position (exact mid-epoch resume, DDP shards)
+        return self.train_loader(
+            self._require(self.train_set), h.batch_size, seed=h.seed, num_workers=h.num_workers
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -54,7 +54,8 @@ class _TensorSplits(MultiTaskDataModule):
         return dataset
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self._require(self.train_set), batch_size=self.batch_size, shuffle=True)
+        # seeded per-epoch shuffle that checkpoints its position (exact mid-epoch resume, DDP shards)
+        return self.train_loader(self._require(self.train_set), self.batch_size, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader(self._require(self.val_set), self.batch_size)
