@@ -8,6 +8,7 @@ run without it (best of ``--repeats`` alternating runs; no validation, no logger
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 import warnings
 
@@ -35,6 +36,7 @@ def seconds_per_step(every: int | None, epochs: int) -> float:
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
+        default_root_dir=tempfile.mkdtemp(prefix="affinity_overhead_"),  # affinity.json lands here
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -47,6 +49,32 @@ def seconds_per_step(every: int | None, epochs: int) -> float:
     return (time.perf_counter() - start) / trainer.global_step
 
 
+def measure(epochs: int, repeats: int, every: list[int]) -> dict[int | None, float]:
+    """Best seconds per step over ``repeats`` alternating runs, per setting (None: no callback)."""
+    settings: list[int | None] = [None, *every]
+    best = {s: float("inf") for s in settings}
+    for _ in range(repeats):
+        for s in settings:
+            best[s] = min(best[s], seconds_per_step(s, epochs))
+    return best
+
+
+def run(tiny: bool = False) -> list[dict[str, object]]:
+    """Rows for ``python -m benchmarks``: ms per step and the ratio to no callback."""
+    best = measure(1, 1, [10]) if tiny else measure(2, 5, [10, 1])
+    return [
+        {
+            "benchmark": "affinity_overhead",
+            "setting": "no callback" if s is None else f"TaskAffinity(every_n_steps={s})",
+            "value": round(1000 * t, 2),
+            "unit": "ms/step",
+            "ratio": round(t / best[None], 3),
+            "note": "five-task tabular, best of repeats",
+        }
+        for s, t in best.items()
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--epochs", type=int, default=2)
@@ -55,14 +83,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: less noise)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    settings: list[int | None] = [None, *args.every]
-    best = {s: float("inf") for s in settings}
-    for _ in range(args.repeats):
-        for s in settings:
-            best[s] = min(best[s], seconds_per_step(s, args.epochs))
+    best = measure(args.epochs, args.repeats, args.every)
     base = best[None]
     print(f"{'callback':<28}{'ms/step':>10}{'ratio':>8}")
-    for s in settings:
+    for s in best:
         name = "none" if s is None else f"TaskAffinity(every_n_steps={s})"
         print(f"{name:<28}{1000 * best[s]:>10.2f}{best[s] / base:>8.3f}")
 

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 import yaml
 from torch import Tensor, nn
-from torchmetrics.functional.classification import multiclass_recall
+from torch.utils.data import DataLoader
 
+from mtl_lightning.metrics.confusion import balanced_accuracy_batched, confusion_counts
 from mtl_lightning.summary import update_summary
 
 
@@ -60,13 +61,16 @@ def bootstrap_balanced_accuracy(
         >>> acc, low, high
         (1.0, 1.0, 1.0)
     """
-    point = float(multiclass_recall(preds, target, num_classes, average="macro"))
+    k = num_classes
+    cells = (target.reshape(-1).long() * k + preds.reshape(-1).long()).cpu()
+    point = float(balanced_accuracy_batched(confusion_counts(preds.cpu(), target.cpu(), k)))
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, target.numel(), (n_boot, target.numel()), generator=g)
-    stats = torch.stack(
-        [multiclass_recall(preds[i], target[i], num_classes, average="macro") for i in idx]
-    )
-    low, high = torch.quantile(stats.float(), torch.tensor([0.025, 0.975])).tolist()
+    idx = torch.randint(0, cells.numel(), (n_boot, cells.numel()), generator=g)
+    # one confusion matrix per resample, in one bincount
+    flat = (torch.arange(n_boot)[:, None] * (k * k) + cells[idx]).flatten()
+    confmats = torch.bincount(flat, minlength=n_boot * k * k).view(n_boot, k, k)
+    stats = balanced_accuracy_batched(confmats)
+    low, high = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=stats.dtype)).tolist()
     return point, low, high
 
 
@@ -121,14 +125,111 @@ def probe_embeddings(
     return results
 
 
+def probe_task_names(model: Any, tasks: Sequence[str] | None = None) -> list[str]:
+    """The tasks to probe: those named, else the model's adversarial tasks; all classification.
+
+    Example:
+        >>> from mtl_lightning import MultiTaskModule, TaskSpec
+        >>> m = MultiTaskModule([TaskSpec("emotion", 5), TaskSpec("speaker", 11, role="adversarial")])
+        >>> probe_task_names(m), probe_task_names(m, ["emotion"])
+        (['speaker'], ['emotion'])
+    """
+    specs = {t.name: t for t in model.tasks}
+    names = list(tasks) if tasks else [t.name for t in model.tasks if t.adversarial]
+    unknown = [n for n in names if n not in specs or not specs[n].is_classification]
+    if unknown or not names:
+        raise ValueError(
+            f"cannot probe {unknown or 'nothing'}: name classification tasks of the model "
+            f"({[t.name for t in model.tasks if t.is_classification]}) with --tasks"
+        )
+    return names
+
+
+def _full_loader(loader: Any) -> DataLoader:
+    """A plain in-order loader over the whole dataset behind ``loader`` (no DDP shard)."""
+    dataset = loader.dataset if isinstance(loader, DataLoader) else loader
+    batch_size = getattr(loader, "batch_size", None) or 256
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
 @torch.no_grad()
-def _embed(model: Any, loader: Any, tasks: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+def embed_dataset(
+    model: Any, loader: Any, tasks: Sequence[str]
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Frozen shared representation (on CPU) and labels of every sample behind ``loader``.
+
+    ``loader`` is a ``DataLoader`` (its whole dataset is read in order, not only this DDP
+    rank's shard) or a dataset of ``{"features", "targets"[, "mask"]}`` samples. The model is
+    put in eval mode for the pass and restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
     zs, ys = [], {t: [] for t in tasks}
-    for batch in loader:
-        zs.append(model.embed(batch["features"]))
-        for t in tasks:
-            ys[t].append(batch["targets"][t])
+    try:
+        for batch in _full_loader(loader):
+            features = batch["features"].to(device)
+            mask = batch.get("mask")
+            z = (
+                model.embed(features)
+                if mask is None
+                else model.trunk(features, mask=mask.to(device))
+            )
+            zs.append(z.float().cpu())
+            for t in tasks:
+                ys[t].append(batch["targets"][t].cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(zs), {t: torch.cat(v) for t, v in ys.items()}
+
+
+def probe_model(
+    model: Any,
+    train_loader: Any,
+    val_loader: Any,
+    tasks: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    kinds: Sequence[str] = ("linear", "mlp"),
+) -> list[ProbeResult]:
+    """Probe a (trained) ``MultiTaskModule``'s frozen trunk for the named (default: adversarial)
+    tasks: fresh classifiers trained on ``train_loader``'s embeddings, scored on ``val_loader``'s.
+
+    Samples whose label is missing (negative, e.g. ``-100``) are left out for that task.
+    """
+    names = probe_task_names(model, tasks)
+    specs = {t.name: t for t in model.tasks}
+    train_z, train_y = embed_dataset(model, train_loader, names)
+    val_z, val_y = embed_dataset(model, val_loader, names)
+    results = []
+    for name in names:
+        tr, va = train_y[name] >= 0, val_y[name] >= 0
+        results += probe_embeddings(
+            train_z[tr],
+            train_y[name][tr].long(),
+            val_z[va],
+            val_y[name][va].long(),
+            name,
+            specs[name].size,
+            kinds=kinds,
+            n_boot=n_boot,
+        )
+    return results
+
+
+def write_probe_results(
+    results: Sequence[ProbeResult],
+    summary_path: str | Path | None,
+    writer: Any | None = None,
+    step: int | None = None,
+) -> None:
+    """Write ``results`` to ``summary.json``'s ``probe`` section and, given a TensorBoard
+    ``SummaryWriter``, as ``probe/{task}/{probe}/balanced_acc|ci_low|ci_high|chance`` scalars."""
+    if summary_path is not None:
+        update_summary(summary_path, "probe", [asdict(r) | {"verdict": r.verdict} for r in results])
+    if writer is not None:
+        for r in results:
+            for key in ("balanced_acc", "ci_low", "ci_high", "chance"):
+                writer.add_scalar(f"probe/{r.task}/{r.probe}/{key}", getattr(r, key), step)
 
 
 def probe_checkpoint(
@@ -137,7 +238,8 @@ def probe_checkpoint(
     """Probe a run's checkpoint; data is rebuilt from the run's ``config.yaml``.
 
     Results are printed by the CLI, written to the run's ``summary.json`` (``probe`` section)
-    and logged to TensorBoard as ``probe/{task}/{linear|mlp}/balanced_acc``.
+    and logged to TensorBoard as ``probe/{task}/{linear|mlp}/balanced_acc`` (and ``chance``,
+    ``ci_low``, ``ci_high``).
     """
     from mtl_lightning.module import MultiTaskModule
 
@@ -152,31 +254,15 @@ def probe_checkpoint(
         **data_cfg.get("init_args", {})
     )
     model = MultiTaskModule.load_from_checkpoint(str(ckpt_path), map_location="cpu").eval()
-    specs = {t.name: t for t in model.tasks}
-    names = list(tasks) if tasks else [t.name for t in model.tasks if t.adversarial]
-    unknown = [n for n in names if n not in specs or not specs[n].is_classification]
-    if unknown or not names:
-        raise ValueError(
-            f"cannot probe {unknown or 'nothing'}: name classification tasks of the model "
-            f"({[t.name for t in model.tasks if t.is_classification]}) with --tasks"
-        )
+    probe_task_names(model, tasks)  # fail before building the data
     data.setup("fit")
-    train_z, train_y = _embed(model, data.train_dataloader(), names)
-    val_z, val_y = _embed(model, data.val_dataloader(), names)
-    results = []
-    for name in names:
-        results += probe_embeddings(
-            train_z, train_y[name], val_z, val_y[name], name, specs[name].size, n_boot=n_boot
-        )
-    update_summary(
-        run_dir / "summary.json", "probe", [asdict(r) | {"verdict": r.verdict} for r in results]
+    results = probe_model(
+        model, data.train_dataloader(), data.val_dataloader(), tasks, n_boot=n_boot
     )
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(run_dir)) as writer:
-        for r in results:
-            writer.add_scalar(f"probe/{r.task}/{r.probe}/balanced_acc", r.balanced_acc)
-            writer.add_scalar(f"probe/{r.task}/{r.probe}/chance", r.chance)
+        write_probe_results(results, run_dir / "summary.json", writer)
     return results
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
+from mtl_lightning.metrics.confusion import (
+    ConfusionAccuracy,
+    ConfusionBalancedAccuracy,
+    ConfusionF1,
+)
 from mtl_lightning.tasks import TaskSpec
 
 
@@ -12,7 +16,10 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
     """Metrics logged for one task at every stage.
 
     Classification: ``acc`` (micro), ``balanced_acc`` (macro recall: chance is exactly ``1/K``
-    whatever the label imbalance) and ``f1`` (macro). Regression: ``mse`` and ``mae``.
+    whatever the label imbalance) and ``f1`` (macro), each from a confusion-matrix state
+    (:mod:`mtl_lightning.metrics.confusion`: one ``bincount`` per update, no re-validation of
+    labels the module has already checked; same values as torchmetrics' ``Multiclass*``
+    metrics). Regression: ``mse`` and ``mae``.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
@@ -23,9 +30,9 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
         k = task.size
         return MetricCollection(
             {
-                "acc": MulticlassAccuracy(k, average="micro"),
-                "balanced_acc": MulticlassRecall(k, average="macro"),
-                "f1": MulticlassF1Score(k, average="macro"),
+                "acc": ConfusionAccuracy(k),
+                "balanced_acc": ConfusionBalancedAccuracy(k),
+                "f1": ConfusionF1(k),
             },
             compute_groups=False,  # members are logged one by one; keep their states separate
         )
