@@ -5,7 +5,11 @@ against their chance line, and a LightningCLI (``python -m mtl_lightning fit``).
 """
 
 from mtl_lightning.callbacks import GradientReversalSchedule, MultiTaskSummary, grl_lambda
-from mtl_lightning.data import MultiTaskDataModule, SyntheticSpeechDataModule
+from mtl_lightning.data import (
+    AudioFeatureDataModule,
+    MultiTaskDataModule,
+    SyntheticSpeechDataModule,
+)
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead, gradient_reversal
 from mtl_lightning.tasks import TaskSpec
@@ -14,6 +18,7 @@ from mtl_lightning.validation import BatchError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AudioFeatureDataModule",
     "BatchError",
     "CNNTrunk",
     "GradientReversal",

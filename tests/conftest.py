@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,18 @@ def tiny_speech() -> SyntheticSpeechDataModule:
     return SyntheticSpeechDataModule(
         per_pair=2, per_pair_eval=1, n_mels=16, frames=16, batch_size=32
     )
+
+
+@pytest.fixture(autouse=True)
+def audio_corpus_for_audio_configs(request):
+    """configs/audio_*.yaml read ``corpus/manifest.csv``: write a tiny generated corpus there."""
+    callspec = getattr(request.node, "callspec", None)
+    config = callspec.params.get("config") if callspec is not None else None
+    if config is not None and Path(str(config)).name.startswith("audio_"):
+        from mtl_lightning.audio.synthetic_corpus import CorpusSpec, write_corpus
+
+        spec = CorpusSpec(speakers=5, emotions=2, per_pair=3, min_seconds=0.3, max_seconds=0.5)
+        write_corpus(request.getfixturevalue("tmp_path") / "corpus", spec)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -21,9 +22,19 @@ class CNNTrunk(nn.Module):
         layer_norm: End with ``LayerNorm`` so the embedding's scale is bounded (this keeps a
             gradient-reversed adversary from winning by inflating the features).
 
+    With ``mask`` (``[batch, frames]`` bool, True = a real frame, as padded batches of whole
+    utterances carry), padded frames are zeroed before every convolution (so the first padded
+    frame looks like the convolution's own zero padding), each pool keeps the frames whose whole
+    window is real, and the time average covers real frames only: in ``eval()`` mode an
+    utterance's embedding does not depend on how much padding its batch added. (In training,
+    BatchNorm's batch statistics still see the zeroed padding.)
+
     Example:
         >>> import torch
         >>> CNNTrunk()(torch.zeros(4, 1, 40, 64)).shape
+        torch.Size([4, 128])
+        >>> mask = torch.arange(64) < torch.tensor([[64], [40], [20], [8]])
+        >>> CNNTrunk()(torch.zeros(4, 1, 40, 64), mask=mask).shape
         torch.Size([4, 128])
     """
 
@@ -60,7 +71,7 @@ class CNNTrunk(nn.Module):
         )
         self._min_size = 2 ** (len(channels) - 1)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -72,4 +83,28 @@ class CNNTrunk(nn.Module):
             raise ValueError(
                 f"CNNTrunk needs n_mels and frames >= {self._min_size}, got {list(x.shape[-2:])}"
             )
-        return self.project(self.pool(self.features(x)))
+        if mask is None:
+            return self.project(self.pool(self.features(x)))
+        return self.project(self._masked_pool(x, mask))
+
+    def _masked_pool(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The conv stack on real frames only, then a mean over the real frames of each row."""
+        if mask.shape != (x.shape[0], x.shape[-1]) or mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be a bool tensor [batch, frames] = {[x.shape[0], x.shape[-1]]}, "
+                f"got {mask.dtype} {list(mask.shape)}"
+            )
+        lengths = mask.sum(dim=1)
+        for layer in self.features:
+            if isinstance(layer, nn.Conv2d):
+                x = x * (torch.arange(x.shape[-1], device=x.device) < lengths[:, None])[
+                    :, None, None, :
+                ].to(x.dtype)
+            x = layer(x)
+            if isinstance(layer, nn.MaxPool2d):
+                lengths = torch.div(lengths, 2, rounding_mode="floor")
+        lengths = lengths.clamp_min(1)  # an utterance shorter than the pools keeps one frame
+        x = nn.functional.adaptive_avg_pool2d(x, (self.pool.output_size[0], x.shape[-1]))
+        valid = (torch.arange(x.shape[-1], device=x.device) < lengths[:, None]).to(x.dtype)
+        summed = (x * valid[:, None, None, :]).sum(dim=-1, keepdim=True)
+        return summed / lengths.to(x.dtype)[:, None, None, None]

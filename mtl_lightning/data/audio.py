@@ -1,0 +1,428 @@
+"""`AudioFeatureDataModule`: a labelled corpus (manifest CSV + audio files) as cached features."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from mtl_lightning.audio.extractor import FeatureKind, FeatureSpec
+from mtl_lightning.audio.parallel import ExtractionResult, extract_all
+from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.data.manifest import (
+    ManifestRow,
+    OnError,
+    RowProblem,
+    read_manifest,
+    report_problems,
+)
+from mtl_lightning.data.normalize import FeatureNorm, NormMode
+from mtl_lightning.data.splits import Split, speaker_disjoint_split, stratified_split
+from mtl_lightning.data.utterances import UtteranceDataset, pad_collate
+from mtl_lightning.data.vocab import LabelVocab
+from mtl_lightning.tasks import AdversaryKind, TaskSpec
+
+__all__ = ["AudioFeatureDataModule"]
+
+log = logging.getLogger(__name__)
+SplitMode = Literal["stratified", "speaker_disjoint", "manifest"]
+STAGE_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class _Plan:
+    """What the manifest alone decides: usable rows, their splits, labels and vocabulary."""
+
+    rows: list[ManifestRow]
+    problems: list[RowProblem]
+    split: Split
+    labels: dict[str, list[str | None]]  # per task, per row; None = not scored
+    vocab: LabelVocab
+
+
+class AudioFeatureDataModule(MultiTaskDataModule):
+    """Labelled utterances listed in a CSV manifest, as cached log-mel / MFCC / eGeMAPS features.
+
+    The manifest has a path column (relative to ``audio_root``, default: the manifest's
+    folder) and one column per task in ``label_columns``; other columns are ignored. String
+    labels become class indices (sorted names); the tasks, with their class counts, are
+    declared from the manifest, and the vocabulary is saved as ``label_vocab.json`` in the run
+    directory and in checkpoints (:meth:`state_dict`), so ``predict`` can report names.
+
+    Features are computed once per file and parameter set, in ``num_extract_workers``
+    processes, into an on-disk cache keyed by (path, size, mtime, parameters) with atomic
+    writes: a killed extraction resumes where it stopped. ``.npy`` / ``.pt`` files in the path
+    column are precomputed features ``[n_features, frames]``, used as they are.
+
+    Splits (``split``):
+
+    * ``stratified``: random, class proportions of the first main task kept.
+    * ``speaker_disjoint``: whole speakers (``speaker_column``) go to val and test, so the main
+      tasks are scored on *unseen* speakers. A speaker adversary cannot be scored there (its
+      classes are the training speakers), and scoring it on training utterances says nothing:
+      its accuracy is only meaningful on *held-out utterances of speakers seen in training*.
+      So ``heldout_fraction`` of every training speaker's utterances are held out into val and
+      test, and in those splits the speaker task is labelled only on them while the other
+      tasks are labelled only on unseen-speaker rows (the rest is ``-100``, which the model
+      ignores): ``val/speaker/acc`` measures the adversary, ``val/emotion/acc`` generalisation.
+    * ``manifest``: the ``split_column`` says ``train``, ``val`` or ``test`` per row.
+
+    Bad rows (missing file, unreadable or empty audio, missing label, unknown split value,
+    non-finite or malformed precomputed features) raise one :class:`ManifestError` listing
+    every one with its CSV line, or with ``on_error="skip"`` are left out with a warning that
+    counts and lists them. Empty cells of ``partial_tasks`` mean "label missing" (``-100``).
+
+    Args:
+        manifest: CSV file.
+        label_columns: One classification task per column, in this order.
+        adversarial: Tasks trained adversarially (e.g. ``[speaker]``); the rest are main tasks.
+        adversary: ``reversal`` or ``confusion`` for the adversarial tasks.
+        partial_tasks: Tasks whose empty cells are missing labels rather than errors.
+        audio_root: Folder the paths are relative to (default: the manifest's folder).
+        path_column: Column of file paths.
+        speaker_column: Column of speaker ids (speaker-disjoint split, per-speaker statistics).
+        split: ``stratified``, ``speaker_disjoint`` or ``manifest``.
+        split_column: Column of split names for ``split="manifest"``.
+        val_fraction: Fraction of rows (stratified) or speakers (speaker-disjoint) for val.
+        test_fraction: The same for test.
+        heldout_fraction: Speaker-disjoint: fraction of each training speaker's utterances held
+            out (alternately to val and test) to score the speaker adversary.
+        features: ``logmel``, ``mfcc`` or ``egemaps`` (``pip install "mtl_lightning[opensmile]"``).
+        sample_rate: Audio is resampled to this rate.
+        n_mels: Mel bands.
+        n_fft: FFT size = window length (samples).
+        hop_length: Hop (samples).
+        f_min: Lowest mel frequency (Hz).
+        f_max: Highest mel frequency (Hz, default Nyquist).
+        n_mfcc: MFCC coefficients.
+        crop_frames: Fixed length: random crops in training, centre crops in evaluation,
+            zero-padding of shorter utterances. ``None``: whole utterances, padded per batch,
+            with ``batch["mask"]`` (``[B, T]``, True on real frames) for the trunk.
+        normalize: ``global`` (training-split mean/std per feature), ``per_speaker`` (each
+            speaker by its own statistics: a baseline that removes speaker information by
+            itself) or ``none``.
+        cache_dir: Feature cache (default: ``.feature_cache`` beside the manifest).
+        num_extract_workers: Processes computing features (1: in this process).
+        progress: Show a progress bar during extraction.
+        on_error: ``raise`` (default) or ``skip`` bad rows.
+        predict_split: Rows ``predict`` runs on: ``train``, ``val``, ``test`` or ``all``.
+        batch_size: Batch size of every loader.
+        num_workers: Loader workers.
+        seed: Seed of the split and of the training order.
+
+    Example:
+        >>> import tempfile
+        >>> from mtl_lightning.audio.synthetic_corpus import CorpusSpec, write_corpus
+        >>> root = tempfile.mkdtemp()
+        >>> manifest = write_corpus(root, CorpusSpec(speakers=4, emotions=2, per_pair=2))
+        >>> dm = AudioFeatureDataModule(str(manifest), adversarial=["speaker"], n_mels=32,
+        ...                             crop_frames=40, progress=False)
+        >>> [(t.name, t.size, t.role) for t in dm.tasks]
+        [('emotion', 2, 'main'), ('speaker', 4, 'adversarial')]
+        >>> dm.setup("fit"); next(iter(dm.train_dataloader()))["features"].shape
+        torch.Size([12, 1, 32, 40])
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        label_columns: Sequence[str] = ("emotion", "speaker"),
+        adversarial: Sequence[str] = (),
+        adversary: AdversaryKind = "reversal",
+        partial_tasks: Sequence[str] = (),
+        audio_root: str | None = None,
+        path_column: str = "path",
+        speaker_column: str = "speaker",
+        split: SplitMode = "stratified",
+        split_column: str = "split",
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        heldout_fraction: float = 0.2,
+        features: FeatureKind = "logmel",
+        sample_rate: int = 16000,
+        n_mels: int = 64,
+        n_fft: int = 400,
+        hop_length: int = 160,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        n_mfcc: int = 20,
+        crop_frames: int | None = None,
+        normalize: NormMode = "global",
+        cache_dir: str | None = None,
+        num_extract_workers: int = 1,
+        progress: bool = True,
+        on_error: OnError = "raise",
+        predict_split: Literal["train", "val", "test", "all"] = "test",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        label_columns, adversarial = list(label_columns), list(adversarial)
+        unknown = sorted((set(adversarial) | set(partial_tasks)) - set(label_columns))
+        if not label_columns or unknown:
+            raise ValueError(
+                f"label_columns {label_columns} must be non-empty and include every adversarial "
+                f"and partial task; unknown: {unknown}"
+            )
+        if split not in ("stratified", "speaker_disjoint", "manifest"):
+            raise ValueError(f"split must be stratified, speaker_disjoint or manifest: {split!r}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if crop_frames is not None and crop_frames < 1:
+            raise ValueError(f"crop_frames must be >= 1 or None, got {crop_frames}")
+        self.label_columns = label_columns
+        self.spec = FeatureSpec(
+            features, sample_rate, n_mels, n_fft, hop_length, f_min, f_max, n_mfcc
+        )
+        self.norm = FeatureNorm(normalize)
+        self.manifest = Path(manifest)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.manifest.parent / ".feature_cache"
+        self.extraction: ExtractionResult | None = None
+        self.skipped: list[RowProblem] = []
+        self.datasets: dict[str, UtteranceDataset] = {}
+        self._plan_cache: _Plan | None = None
+        self._features: list[Tensor | None] | None = None
+        self._restored: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ manifest
+    @property
+    def vocab(self) -> LabelVocab:
+        """Class names per task (the checkpoint's, once one was loaded)."""
+        return self._plan().vocab
+
+    @property
+    def tasks(self) -> list[TaskSpec]:
+        h = self.hparams
+        tasks = []
+        for name in self.label_columns:
+            size = self.vocab.size(name)
+            if size < 2:
+                raise ValueError(f"task {name!r} needs >= 2 classes, the manifest has {size}")
+            role = "adversarial" if name in h.adversarial else "main"
+            tasks.append(TaskSpec(name, size, role=role, adversary=h.adversary))  # type: ignore[arg-type]
+        return tasks
+
+    def row_path(self, row: int) -> str:
+        """The manifest path of row ``row`` (the ``index`` a batch carries)."""
+        return self._plan().rows[row].path
+
+    def _plan(self) -> _Plan:
+        if self._plan_cache is None:
+            self._plan_cache = self._read_plan()
+        return self._plan_cache
+
+    def _read_plan(self) -> _Plan:
+        h = self.hparams
+        grouped = h.split == "speaker_disjoint" or h.normalize == "per_speaker"
+        rows, problems = read_manifest(
+            self.manifest,
+            h.audio_root,
+            h.path_column,
+            self.label_columns,
+            partial=h.partial_tasks,
+            split_column=h.split_column if h.split == "manifest" else None,
+            group_column=h.speaker_column if grouped else None,
+        )
+        if not rows:
+            report_problems(problems, "raise", self.manifest, 0)
+            raise ValueError(f"{self.manifest}: no rows")
+        split = self._split(rows)
+        labels = {t: [r.labels[t] for r in rows] for t in self.label_columns}
+        vocab_rows = labels
+        speaker_task = h.speaker_column if h.speaker_column in self.label_columns else None
+        if h.split == "speaker_disjoint":
+            train = [n == "train" for n in split.names]
+            for t in self.label_columns:  # which rows score which task (see the class doc)
+                keep = [
+                    n == "train" or (seen if t == speaker_task else not seen)
+                    for n, seen in zip(split.names, split.seen_heldout, strict=True)
+                ]
+                labels[t] = [v if k else None for v, k in zip(labels[t], keep, strict=True)]
+            if speaker_task is not None:  # the adversary's classes: the training speakers
+                vocab_rows = dict(labels)
+                vocab_rows[speaker_task] = [
+                    v for v, tr in zip(labels[speaker_task], train, strict=True) if tr
+                ]
+        vocab = LabelVocab.build(vocab_rows)
+        if self._restored is not None:
+            vocab = LabelVocab(self._restored["vocab"])
+        return _Plan(rows, problems, split, labels, vocab)
+
+    def _split(self, rows: list[ManifestRow]) -> Split:
+        h = self.hparams
+        if h.split == "manifest":
+            return Split([str(r.split) for r in rows], [False] * len(rows))
+        if h.split == "speaker_disjoint":
+            groups = [str(r.group) for r in rows]
+            return speaker_disjoint_split(
+                groups, h.val_fraction, h.test_fraction, h.heldout_fraction, h.seed
+            )
+        main = next(t for t in self.label_columns if t not in h.adversarial)
+        strata = [r.labels[main] or "<missing>" for r in rows]
+        return stratified_split(strata, h.val_fraction, h.test_fraction, h.seed)
+
+    # ------------------------------------------------------------------ features
+    def prepare_data(self) -> None:
+        """Fill the feature cache (Lightning runs this on one process per node)."""
+        self._load_features()
+
+    def _load_features(self) -> list[Tensor | None]:
+        if self._features is not None:
+            return self._features
+        h, plan = self.hparams, self._plan()
+        result = extract_all(
+            [r.file for r in plan.rows],
+            self.spec,
+            self.cache_dir,
+            h.num_extract_workers,
+            h.progress,
+        )
+        problems = list(plan.problems)
+        problems += [
+            RowProblem(plan.rows[i].line, plan.rows[i].path, e) for i, e in result.errors.items()
+        ]
+        shapes = Counter(x.shape[0] for x in result.features if x is not None)
+        if len(shapes) > 1:
+            expected = shapes.most_common(1)[0][0]
+            for i, x in enumerate(result.features):
+                if x is not None and x.shape[0] != expected:
+                    problems.append(
+                        RowProblem(
+                            plan.rows[i].line,
+                            plan.rows[i].path,
+                            f"{x.shape[0]} feature rows, the others have {expected}",
+                        )
+                    )
+                    result.features[i] = None
+        kept = sum(x is not None for x in result.features)
+        report_problems(problems, h.on_error, self.manifest, kept)
+        self.skipped = sorted(problems, key=lambda p: p.line)
+        log.info(
+            "features: %d computed (%.1f s of audio), %d from cache, %d precomputed, %d skipped",
+            result.computed,
+            result.seconds,
+            result.cached,
+            result.precomputed,
+            len(self.skipped),
+        )
+        self.extraction = result
+        self._features = result.features
+        return self._features
+
+    # ------------------------------------------------------------------ datasets
+    def setup(self, stage: str | None = None) -> None:
+        if not self.datasets:
+            self._build_datasets()
+        if stage == "fit" and self.trainer is not None and self.trainer.is_global_zero:
+            self._write_run_files(self.trainer.log_dir)
+
+    def _build_datasets(self) -> None:
+        h, plan = self.hparams, self._plan()
+        features = self._load_features()
+        speakers = [r.group for r in plan.rows]
+        members = {
+            s: [i for i, n in enumerate(plan.split.names) if n == s and features[i] is not None]
+            for s in STAGE_SPLITS
+        }
+        if not members["train"]:
+            raise ValueError(f"{self.manifest}: the training split has no usable rows")
+        rest = members["val"] + members["test"]
+        self.norm.fit(
+            [features[i] for i in members["train"]],  # type: ignore[misc]
+            [speakers[i] for i in members["train"]],
+            [features[i] for i in rest],  # type: ignore[misc]
+            [speakers[i] for i in rest],
+        )
+        if self._restored is not None:
+            self.norm.load_state_dict(self._restored["norm"])
+        for name, idx in [*members.items(), ("all", sorted(sum(members.values(), [])))]:
+            self.datasets[name] = UtteranceDataset(
+                [features[i] for i in idx],  # type: ignore[misc]
+                {t: plan.vocab.encode(t, [plan.labels[t][i] for i in idx]) for t in plan.labels},
+                self.norm,
+                [speakers[i] for i in idx],
+                idx,
+                crop_frames=h.crop_frames,
+                train=name == "train",
+            )
+
+    def _encode_targets(self) -> None:
+        plan = self._plan()
+        for dataset in self.datasets.values():
+            dataset.targets = {
+                t: plan.vocab.encode(t, [plan.labels[t][i] for i in dataset.rows])
+                for t in plan.labels
+            }
+
+    def _write_run_files(self, log_dir: str | None) -> None:
+        if log_dir is None:
+            return
+        run = Path(log_dir)
+        run.mkdir(parents=True, exist_ok=True)
+        self.vocab.save(run / "label_vocab.json")
+        stats = {"features": self.spec.params(), **self.norm.to_json()}
+        (run / "feature_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Vocabulary, normalisation statistics and feature parameters (stored in checkpoints)."""
+        return {
+            "vocab": self.vocab.to_dict(),
+            "norm": self.norm.state_dict(),
+            "features": self.spec.params(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Use a checkpoint's vocabulary and statistics (Lightning calls this after setup)."""
+        if state_dict.get("features") != self.spec.params():
+            log.warning(
+                "the checkpoint's features %s differ from this datamodule's %s",
+                state_dict.get("features"),
+                self.spec.params(),
+            )
+        self._restored = dict(state_dict)
+        if self._plan_cache is not None:
+            self._plan_cache.vocab = LabelVocab(state_dict["vocab"])
+        if self.datasets:
+            self.norm.load_state_dict(state_dict["norm"])
+            self._encode_targets()
+
+    # ------------------------------------------------------------------ loaders
+    def _dataset(self, name: str) -> UtteranceDataset:
+        if name not in self.datasets:
+            raise RuntimeError("call setup() before requesting a dataloader")
+        return self.datasets[name]
+
+    def _collate(self, loader: DataLoader) -> DataLoader:
+        if self.hparams.crop_frames is None:
+            loader.collate_fn = pad_collate  # whole utterances: pad per batch, with a mask
+        return loader
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams
+        loader = self.train_loader(
+            self._dataset("train"), h.batch_size, seed=h.seed, num_workers=h.num_workers
+        )
+        return self._collate(loader)
+
+    def val_dataloader(self) -> DataLoader:
+        h = self.hparams
+        return self._collate(self.eval_loader(self._dataset("val"), h.batch_size, h.num_workers))
+
+    def test_dataloader(self) -> DataLoader:
+        h = self.hparams
+        return self._collate(self.eval_loader(self._dataset("test"), h.batch_size, h.num_workers))
+
+    def predict_dataloader(self) -> DataLoader:
+        h = self.hparams
+        dataset = self._dataset(h.predict_split)
+        return self._collate(self.eval_loader(dataset, h.batch_size, h.num_workers))

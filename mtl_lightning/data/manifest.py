@@ -1,0 +1,131 @@
+"""Read a corpus manifest (CSV) and report every bad row at once."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["ManifestError", "ManifestRow", "RowProblem", "read_manifest", "report_problems"]
+
+log = logging.getLogger(__name__)
+OnError = Literal["raise", "skip"]
+SPLITS = ("train", "val", "test")
+
+
+class ManifestError(ValueError):
+    """Rows of a manifest that cannot be used; the message lists all of them."""
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One bad row: its line in the CSV (the header is line 1), its path and why."""
+
+    line: int
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.path or '<no path>'}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One usable row: the file, its labels (``None`` = missing) and its split (or ``None``)."""
+
+    line: int
+    path: str
+    file: Path
+    labels: dict[str, str | None]
+    split: str | None
+    group: str | None
+
+
+def read_manifest(
+    manifest: str | Path,
+    audio_root: str | Path | None,
+    path_column: str,
+    label_columns: Sequence[str],
+    partial: Sequence[str] = (),
+    split_column: str | None = None,
+    group_column: str | None = None,
+) -> tuple[list[ManifestRow], list[RowProblem]]:
+    """Parse the CSV: the good rows and one :class:`RowProblem` per bad row.
+
+    A row is bad when its file does not exist, a label of a task not in ``partial`` is empty,
+    or its split is not one of ``train``, ``val``, ``test``. Columns that are not named are
+    ignored; a named column missing from the header is an immediate :class:`ManifestError`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "a.wav").write_bytes(b"")
+        >>> _ = (d / "m.csv").write_text("path,emotion\\na.wav,sad\\nb.wav,\\n")
+        >>> rows, problems = read_manifest(d / "m.csv", None, "path", ["emotion"])
+        >>> [r.labels for r in rows], [str(p) for p in problems]
+        ([{'emotion': 'sad'}], ['line 3: b.wav: file not found; no emotion label'])
+    """
+    manifest = Path(manifest)
+    root = Path(audio_root) if audio_root is not None else manifest.parent
+    with manifest.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        needed = [path_column, *label_columns, split_column, group_column]
+        absent = [c for c in dict.fromkeys(needed) if c is not None and c not in header]
+        if absent:
+            raise ManifestError(f"{manifest}: no column(s) {absent}; the header is {header}")
+        rows: list[ManifestRow] = []
+        problems: list[RowProblem] = []
+        for line, record in enumerate(reader, start=2):
+            path = (record.get(path_column) or "").strip()
+            reasons = []
+            file = root / path
+            if not path:
+                reasons.append("empty path")
+            elif not file.is_file():
+                reasons.append("file not found")
+            labels: dict[str, str | None] = {}
+            for column in label_columns:
+                value = (record.get(column) or "").strip()
+                if not value and column not in partial:
+                    reasons.append(f"no {column} label")
+                labels[column] = value or None
+            split = (record.get(split_column) or "").strip() if split_column else None
+            if split_column and split not in SPLITS:
+                reasons.append(f"unknown split {split!r} (expected one of {list(SPLITS)})")
+            group = (record.get(group_column) or "").strip() if group_column else None
+            if group_column and not group:
+                reasons.append(f"no {group_column} (needed for splits/normalisation)")
+            if reasons:
+                problems.append(RowProblem(line, path, "; ".join(reasons)))
+            else:
+                rows.append(ManifestRow(line, path, file, labels, split, group))
+    return rows, problems
+
+
+def report_problems(
+    problems: Sequence[RowProblem], on_error: OnError, source: str | Path, kept: int
+) -> None:
+    """Raise one :class:`ManifestError` listing every problem, or warn with their count (skip).
+
+    Example:
+        >>> report_problems([RowProblem(3, "a.wav", "empty audio (0 samples)")], "raise", "m.csv", 9)
+        Traceback (most recent call last):
+        ...
+        mtl_lightning.data.manifest.ManifestError: m.csv: 1 bad row(s) (set on_error: skip to leave them out):
+          line 3: a.wav: empty audio (0 samples)
+    """
+    if not problems:
+        return
+    listing = "\n".join(f"  {p}" for p in sorted(problems, key=lambda p: p.line))
+    if on_error == "raise":
+        raise ManifestError(
+            f"{source}: {len(problems)} bad row(s) (set on_error: skip to leave them out):\n"
+            f"{listing}"
+        )
+    message = f"{source}: skipped {len(problems)} bad row(s), kept {kept}:\n{listing}"
+    log.warning(message)
+    warnings.warn(message, stacklevel=2)

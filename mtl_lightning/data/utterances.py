@@ -1,0 +1,104 @@
+"""`UtteranceDataset` (variable-length features, cropped or whole) and `pad_collate`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mtl_lightning.data.normalize import FeatureNorm
+
+__all__ = ["UtteranceDataset", "crop_or_pad", "pad_collate"]
+
+
+def crop_or_pad(x: Tensor, frames: int, start: int | None = None) -> Tensor:
+    """``x[..., start:start+frames]`` (centre crop when ``start`` is None), zero-padded at the end.
+
+    Example:
+        >>> crop_or_pad(torch.arange(5.0)[None], 3).tolist(), crop_or_pad(torch.ones(1, 2), 3).tolist()
+        ([[1.0, 2.0, 3.0]], [[1.0, 1.0, 0.0]])
+    """
+    length = x.shape[-1]
+    if length < frames:
+        return F.pad(x, (0, frames - length))
+    if start is None:
+        start = (length - frames) // 2
+    return x[..., start : start + frames]
+
+
+class UtteranceDataset(Dataset):
+    """Features ``[F, T_i]`` of utterances with per-task labels, normalised when read.
+
+    Items are ``{"features": [1, F, T], "targets": {task: label}, "index": row}``. With
+    ``crop_frames`` every item has ``T = crop_frames`` (a random window when ``train``, the
+    centre otherwise; shorter utterances are zero-padded, i.e. padded with the mean after
+    normalisation); without it, items keep their length and :func:`pad_collate` pads batches.
+    Targets are looked up at read time, so re-encoding labels (a checkpoint's vocabulary)
+    after construction takes effect.
+
+    Example:
+        >>> ds = UtteranceDataset([torch.zeros(4, 7)], {"a": torch.tensor([1])}, FeatureNorm("none"),
+        ...                       [None], [12], crop_frames=5)
+        >>> item = ds[0]; item["features"].shape, item["targets"]["a"].item(), item["index"]
+        (torch.Size([1, 4, 5]), 1, 12)
+    """
+
+    def __init__(
+        self,
+        features: Sequence[Tensor],
+        targets: Mapping[str, Tensor],
+        norm: FeatureNorm,
+        speakers: Sequence[str | None],
+        rows: Sequence[int],
+        crop_frames: int | None = None,
+        train: bool = False,
+    ) -> None:
+        self.features = list(features)
+        self.targets = dict(targets)
+        self.norm = norm
+        self.speakers = list(speakers)
+        self.rows = list(rows)
+        self.crop_frames = crop_frames
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        x = self.norm(self.features[index], self.speakers[index])
+        if self.crop_frames is not None:
+            start = None
+            if self.train and x.shape[-1] > self.crop_frames:
+                start = int(torch.randint(0, x.shape[-1] - self.crop_frames + 1, ()).item())
+            x = crop_or_pad(x, self.crop_frames, start)
+        return {
+            "features": x.unsqueeze(0),
+            "targets": {t: y[index] for t, y in self.targets.items()},
+            "index": self.rows[index],
+        }
+
+
+def pad_collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack items, zero-padding features to the longest; ``mask[b, t]`` is True on real frames.
+
+    Example:
+        >>> items = [{"features": torch.ones(1, 2, n), "targets": {"a": torch.tensor(0)}, "index": n}
+        ...          for n in (3, 5)]
+        >>> batch = pad_collate(items)
+        >>> batch["features"].shape, batch["mask"].sum(1).tolist(), batch["index"].tolist()
+        (torch.Size([2, 1, 2, 5]), [3, 5], [3, 5])
+    """
+    lengths = torch.tensor([item["features"].shape[-1] for item in items])
+    longest = int(lengths.max())
+    features = torch.stack([crop_or_pad(item["features"], longest) for item in items])
+    tasks = items[0]["targets"].keys()
+    return {
+        "features": features,
+        "targets": {t: torch.stack([item["targets"][t] for item in items]) for t in tasks},
+        "mask": torch.arange(longest)[None, :] < lengths[:, None],
+        "index": torch.tensor([item["index"] for item in items]),
+    }
