@@ -143,6 +143,72 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
         assert all(uninterrupted[step] == value for step, value in values), tag
 
 
+WEIGHTING = {
+    "famo": {"class_path": "mtl_lightning.weighting.FAMO"},
+    "upgrad_rep": {
+        "class_path": "mtl_lightning.weighting.JacobianAggregation",
+        "init_args": {"aggregator": {"class_path": "torchjd.aggregation.UPGrad"}, "level": "rep"},
+    },
+}
+
+
+def _five_task_config(kill_at: int | None, weighting: str) -> dict:
+    """configs/five_task_affinity.yaml, tiny: TaskAffinity every 2 steps, a stateful weighting."""
+    config = yaml.safe_load((TESTS.parent / "configs" / "five_task_affinity.yaml").read_text())
+    config["trainer"].update(
+        max_epochs=2, deterministic=True, accelerator="cpu", devices=1,
+        enable_progress_bar=False, log_every_n_steps=1,
+    )  # fmt: skip
+    callbacks = _config(kill_at)["trainer"]["callbacks"]  # checkpoint every EVERY steps (+ kill)
+    affinity = {"class_path": "mtl_lightning.callbacks.TaskAffinity"}
+    affinity["init_args"] = {"every_n_steps": 2, "lr": None, "log_image": False}
+    config["trainer"]["callbacks"] = [affinity, *callbacks]
+    config["data"]["init_args"].update(n_train=96, n_eval=32, batch_size=8)  # 12 batches / epoch
+    config["model"]["weighting"] = WEIGHTING[weighting]
+    config["summary"]["print_table"] = False
+    return config
+
+
+@pytest.mark.parametrize("weighting", list(WEIGHTING))
+def test_sigkill_resume_restores_weighting_and_affinity_state(tmp_path, weighting):
+    full = _fit(tmp_path / "full", _five_task_config(None, weighting))
+    killed = _fit(tmp_path / "kill", _five_task_config(KILL_AT, weighting))
+    (rc_full, out_full), (rc_kill, out_kill) = _finish(full), _finish(killed)
+    assert rc_full == 0, out_full[-3000:]
+    assert rc_kill == -signal.SIGKILL, out_kill[-3000:]
+    at_kill = _load(
+        tmp_path / "kill" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    )
+    assert at_kill["global_step"] == 16 and at_kill["epoch"] == 1  # 4 batches into epoch 1
+    affinity_at_kill = next(v for k, v in at_kill["callbacks"].items() if "TaskAffinity" in k)
+    assert affinity_at_kill["count"] == 2 and len(affinity_at_kill["history"]) == 1  # mid-epoch
+
+    rc, out = _finish(
+        _fit(tmp_path / "kill", _five_task_config(None, weighting), "--ckpt_path", "last")
+    )
+    assert rc == 0, out[-3000:]
+    a_run = tmp_path / "full" / "lightning_logs" / "version_0"
+    b_run = tmp_path / "kill" / "lightning_logs" / "version_1"
+    a, b = _load(a_run / "checkpoints" / "last.ckpt"), _load(b_run / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 24
+    # model and weighting state (FAMO's logits and last losses live in the module's state_dict)
+    assert any(k.startswith("weighting.") for k in a["state_dict"]) or weighting != "famo"
+    different = [k for k, v in a["state_dict"].items() if not torch.equal(v, b["state_dict"][k])]
+    assert not different, different
+    sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])
+    # the affinity accumulated before the kill is kept: both epochs' matrices agree exactly
+    affinity_a = json.loads((a_run / "affinity.json").read_text())
+    affinity_b = json.loads((b_run / "affinity.json").read_text())
+    assert [e["measurements"] for e in affinity_b["epochs"]] == [6, 6]
+    assert affinity_a == affinity_b
+    train_a, train_b = _train_epoch_scalars(a_run), _train_epoch_scalars(b_run)
+    assert "train/weight/t1" in train_b
+    for tag, values in train_b.items():
+        uninterrupted = dict(train_a[tag])
+        assert all(uninterrupted[step] == value for step, value in values), tag
+
+
 def _loader(data: list[int], batch: int = 3, **kw: int) -> ResumableDataLoader:
     return ResumableDataLoader(data, batch_size=batch, sampler=ResumableSampler(data, seed=5, **kw))
 
