@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TINY = [
     "--data.init_args.per_pair",
@@ -46,12 +47,31 @@ def _test_metrics(run: Path) -> dict[str, dict[str, float]]:
     return {t["task"]: t for t in summary["tasks"]}
 
 
+# The default scenario with three changes that make 1 and 2 processes comparable: GroupNorm
+# (BatchNorm's batch statistics are per process; --trainer.sync_batchnorm fixes that, but only on
+# GPUs), no dropout (its masks differ) and SGD (Adam's first steps are lr * sign(g), which turns
+# float-rounding differences in near-zero gradients into lr-sized ones).
+EQUIVALENT = [
+    "--model.trunk.init_args.norm",
+    "group",
+    "--model.trunk.init_args.dropout",
+    "0.0",
+    "--model.optimizer",
+    "torch.optim.SGD",
+    "--model.optimizer.lr",
+    "0.05",
+    "--trainer.deterministic",
+    "true",
+]
+
+
 def test_two_process_fit_and_test_equal_single_process(tmp_path):
-    # train 1 epoch with 2 processes (DDP, gloo on CPU)
+    # train 1 epoch with 2 processes (DDP, gloo on CPU), batch 8 per process ...
     _cli(
         tmp_path,
         "fit",
         *TINY,
+        *EQUIVALENT,
         "--trainer.max_epochs",
         "1",
         "--trainer.devices",
@@ -63,6 +83,31 @@ def test_two_process_fit_and_test_equal_single_process(tmp_path):
     assert ckpt.exists()
     assert (tmp_path / "lightning_logs" / "version_0" / "summary.json").exists()
     assert not (tmp_path / "lightning_logs" / "version_1").exists()  # one run dir, not one per rank
+
+    # ... and with 1 process, batch 16: rank r reads every 2nd index of the same seeded
+    # permutation, so each global batch is the same 16 samples (110 = 2 x 55: no padding)
+    single_fit = tmp_path / "single"
+    single_fit.mkdir()
+    at = TINY.index("--data.init_args.batch_size") + 1
+    tiny16 = [*TINY[:at], "16", *TINY[at + 1 :]]
+    _cli(single_fit, "fit", *tiny16, *EQUIVALENT, "--trainer.max_epochs", "1")
+    one_run = single_fit / "lightning_logs" / "version_0"
+    one, two = (
+        json.loads((run / "summary.json").read_text())["val"]
+        for run in (one_run, tmp_path / "lightning_logs" / "version_0")
+    )
+    assert one["global_step"] == two["global_step"] == 7
+    assert one["grl_lambda"] == two["grl_lambda"]  # the same lambda on every rank and step
+    assert one["loss"] == pytest.approx(two["loss"], rel=1e-4)
+    for a, b in zip(one["tasks"], two["tasks"], strict=True):
+        for key in ("loss", "acc", "balanced_acc", "f1", "majority"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (a["task"], key)
+    w_one = torch.load(one_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    w_two = torch.load(ckpt, weights_only=True)["state_dict"]
+    for key, value in w_one.items():  # metric states are per rank in a checkpoint: skip them
+        if key.startswith(("stage_metrics.", "stage_losses.", "train_class_counts.")):
+            continue
+        torch.testing.assert_close(w_two[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
     # evaluate the same checkpoint on 55 test samples (odd: a padding sampler would count one twice)
     _cli(tmp_path, "test", *TINY, "--ckpt_path", str(ckpt), "--trainer.devices", "1")

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(width)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, width), width)
+    return nn.Identity()
 
 
 class CNNTrunk(nn.Module):
@@ -21,6 +32,10 @@ class CNNTrunk(nn.Module):
         dropout: Dropout before the projection.
         layer_norm: End with ``LayerNorm`` so the embedding's scale is bounded (this keeps a
             gradient-reversed adversary from winning by inflating the features).
+        norm: Normalisation after each convolution: ``"batch"`` (BatchNorm, the default),
+            ``"group"`` (GroupNorm, up to 8 groups: per sample, so a DDP run without
+            ``sync_batchnorm`` — which needs GPUs — computes what one process would) or
+            ``"none"``.
 
     With ``mask`` (``[batch, frames]`` bool, True = a real frame, as padded batches of whole
     utterances carry), padded frames are zeroed before every convolution (so the first padded
@@ -46,8 +61,11 @@ class CNNTrunk(nn.Module):
         freq_bins: int = 8,
         dropout: float = 0.1,
         layer_norm: bool = True,
+        norm: Literal["batch", "group", "none"] = "batch",
     ) -> None:
         super().__init__()
+        if norm not in ("batch", "group", "none"):
+            raise ValueError(f"norm must be 'batch', 'group' or 'none', got {norm!r}")
         self.in_channels = in_channels
         self.out_features = out_features
         blocks: list[nn.Module] = []
@@ -55,7 +73,7 @@ class CNNTrunk(nn.Module):
         for i, width in enumerate(channels):
             blocks += [
                 nn.Conv2d(previous, width, kernel_size=3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
+                _norm(norm, width),
                 nn.ReLU(inplace=True),
             ]
             if i < len(channels) - 1:
