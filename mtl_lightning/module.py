@@ -392,7 +392,8 @@ class MultiTaskModule(pl.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is None or not scaler.is_enabled():
             return 1.0
-        return float(scaler.get_scale())
+        # scale() (not get_scale()) also initialises a fresh scaler, which unscale_ requires
+        return float(scaler.scale(torch.ones((), device=self.device)))
 
     def _aggregated_tasks(self) -> list[TaskSpec]:
         return [t for t in self.tasks if not t.adversarial and t.weight > 0]
