@@ -207,3 +207,16 @@ def test_fast_dev_run_through_the_cli(name, in_tmp):
     cli = main(args)
     assert cli.trainer.global_step == 1
     assert type(cli.model.weighting).__name__ == CLASS_PATHS[name].rsplit(".", 1)[1]
+
+
+@pytest.mark.parametrize(("name", "extra"), [("CAGrad", "cagrad"), ("NashMTL", "nash_mtl")])
+def test_optional_solver_missing_names_the_extra(name, extra):
+    import importlib.util
+
+    import torchjd.aggregation as aggregation
+
+    if importlib.util.find_spec("cvxpy") is not None:
+        pytest.skip("cvxpy is installed: the optional solvers are available")
+    kwargs = {"c": 0.5} if name == "CAGrad" else {"n_tasks": 2}
+    with pytest.raises(ImportError, match=rf'pip install "torchjd\[{extra}\]"'):
+        JacobianAggregation(getattr(aggregation, name)(**kwargs))
