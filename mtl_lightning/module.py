@@ -176,6 +176,8 @@ class MultiTaskModule(pl.LightningModule):
         self.nonfinite = nonfinite
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self._batch_idx = -1
+        # stages whose metric objects are registered with self.log in the current epoch
+        self._epoch_logged: set[str] = set()
         # training accumulators go into checkpoints, so a run resumed mid-epoch ends the epoch
         # with the same metrics (and DWA with the same epoch losses) as an uninterrupted one
         for holder in (self.stage_metrics["train_metrics"], self.stage_losses["train_losses"]):
@@ -308,8 +310,15 @@ class MultiTaskModule(pl.LightningModule):
         return StepOutputs(features, targets, masks, embedding, outputs, losses)
 
     def update_metrics(self, stage: str, step: StepOutputs, total: Tensor) -> None:
-        """Update and log the stage's per-task metrics and losses (labelled samples only)."""
+        """Update and log the stage's per-task metrics and losses (labelled samples only).
+
+        The epoch-level metric objects are handed to ``self.log`` once per epoch (Lightning
+        computes and resets a logged torchmetrics object at the epoch's end, whatever the batch
+        it was logged on); every ``self.log`` of a metric costs a ``Metric.to(device)``.
+        """
         batch_size = step.features.shape[0]
+        register = stage not in self._epoch_logged
+        self._epoch_logged.add(stage)
         for task in self.tasks:
             name, output, target = task.name, step.outputs[task.name], step.targets[task.name]
             mask = step.masks[name]
@@ -318,7 +327,8 @@ class MultiTaskModule(pl.LightningModule):
             loss_metric = self.stage_losses[f"{stage}_losses"][name]
             if labelled:
                 loss_metric.update(step.losses[name].detach(), labelled)
-            self.log(f"{stage}/{name}/loss", loss_metric, on_step=False, on_epoch=True)
+            if register:
+                self.log(f"{stage}/{name}/loss", loss_metric, on_step=False, on_epoch=True)
             collection = self.stage_metrics[f"{stage}_metrics"][name]
             if labelled < batch_size:
                 output, target = output[mask], target[mask]
@@ -331,19 +341,16 @@ class MultiTaskModule(pl.LightningModule):
                     collection.update(
                         output.detach(), target.reshape(output.shape).to(output.dtype)
                     )
-            for key, metric in collection.items():
-                self.log(
-                    f"{stage}/{name}/{key}",
-                    metric,
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=max(labelled, 1),
-                )
+            for key, metric in collection.items() if register else ():
+                self.log(f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True)
         total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
-        total_metric(total.detach(), batch_size)  # forward: updates and caches the step value
-        self.log(
-            f"{stage}/loss", total_metric, on_step=stage == "train", on_epoch=True, prog_bar=True
-        )
+        on_step = stage == "train"
+        if on_step:  # forward: updates and caches the step value that on_step logs
+            total_metric(total.detach(), batch_size)
+        else:
+            total_metric.update(total.detach(), batch_size)
+        if register or on_step:
+            self.log(f"{stage}/loss", total_metric, on_step=on_step, on_epoch=True, prog_bar=True)
 
     def shared_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor | None:
         """Forward, per-task losses and metrics; returns the weighted total loss.
@@ -651,11 +658,13 @@ class MultiTaskModule(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self.weighting.set_reducer(self._reduce_mean)
+        self._epoch_logged.clear()  # a fresh (or resumed) fit registers its metrics again
 
     def on_train_epoch_start(self) -> None:
         # The training accumulators are checkpointed (exact mid-epoch resume). A checkpoint
         # written at the end of an epoch still holds that epoch's sums: clear them whenever an
         # epoch starts from its first batch (the progress counter still holds the last epoch's).
+        self._epoch_logged.discard("train")
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if not 0 < done < self.trainer.num_training_batches:
             for holder in (self.stage_metrics["train_metrics"], self.stage_losses["train_losses"]):
@@ -676,6 +685,12 @@ class MultiTaskModule(pl.LightningModule):
             for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
                 if scheduler is not None:
                     scheduler.step()
+
+    def on_validation_epoch_start(self) -> None:
+        self._epoch_logged.discard("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._epoch_logged.discard("test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_baselines("val")

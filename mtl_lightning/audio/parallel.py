@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -79,6 +80,7 @@ def extract_all(
         ([None], {0: 'file not found'})
     """
     cache = FeatureCache(cache_dir, spec.params())
+    cache.remove_stale_temp_files()  # half-written entries of a killed earlier run
     result = ExtractionResult(features=[None] * len(paths))
     todo: list[int] = []
     for i, path in enumerate(paths):
@@ -88,8 +90,10 @@ def extract_all(
                 result.precomputed += 1
             except AudioDecodeError as err:
                 result.errors[i] = _reason(path, err)
-        elif path.is_file() and cache.path_for(path).is_file():
-            result.features[i] = torch.load(cache.path_for(path), weights_only=True)
+            continue
+        hit = cache.load(path) if path.is_file() else None
+        if hit is not None:
+            result.features[i] = hit
             result.cached += 1
         else:
             todo.append(i)
@@ -104,13 +108,12 @@ def extract_all(
     else:
         methods = mp.get_all_start_methods()
         context = mp.get_context("fork" if "fork" in methods else "spawn")
+        chunk = max(1, len(todo) // (8 * workers))  # fewer round trips, still balanced
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            futures: dict[Future, int] = {
-                pool.submit(_compute_one, spec, cache, paths[i]): i for i in todo
-            }
-            for future in as_completed(futures):
-                error, seconds = future.result()
-                _record(result, cache, paths, futures[future], error, seconds)
+            job = partial(_compute_one, spec, cache)
+            done = pool.map(job, [paths[i] for i in todo], chunksize=chunk)
+            for i, (error, seconds) in zip(todo, done, strict=True):
+                _record(result, cache, paths, i, error, seconds)
                 bar.update(1)
     bar.close()
     return result

@@ -1,8 +1,12 @@
 """Cache hits skip recomputation; a crash's leftover temp file does not poison the cache."""
 
+import os
+import subprocess
+import sys
+
 import torch
 
-from mtl_lightning.audio.cache import FeatureCache
+from mtl_lightning.audio.cache import _HOST, FeatureCache
 
 
 def test_second_run_does_not_recompute(tmp_path):
@@ -31,3 +35,37 @@ def test_rebuild_after_simulated_crash(tmp_path):
     out = cache.get_or_compute(src, lambda p: torch.ones(2))
     assert out.tolist() == [1.0, 1.0] and target.is_file()
     assert torch.load(target, weights_only=True).tolist() == [1.0, 1.0]
+
+
+def test_damaged_entry_is_recomputed(tmp_path):
+    src = tmp_path / "a.wav"
+    src.write_bytes(b"abc")
+    cache = FeatureCache(tmp_path / "c", {})
+    cache.get_or_compute(src, lambda p: torch.ones(2))
+    target = cache.path_for(src)
+    target.write_bytes(target.read_bytes()[:20])  # truncated by something else (disk, a copy)
+    assert cache.load(src) is None and not target.exists()
+    assert cache.get_or_compute(src, lambda p: torch.zeros(2)).tolist() == [0.0, 0.0]
+
+
+def test_only_dead_writers_temp_files_are_removed(tmp_path):
+    src = tmp_path / "a.wav"
+    src.write_bytes(b"abc")
+    cache = FeatureCache(tmp_path / "c", {})
+    folder = cache.path_for(src).parent
+    folder.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    names = {
+        "dead": f"{'0' * 40}.{_HOST}-{dead}.x1.tmp",
+        "alive": f"{'1' * 40}.{_HOST}-{os.getpid()}.x2.tmp",
+        "other host": f"{'2' * 40}.elsewhere-{dead}.x3.tmp",
+    }
+    for name in names.values():
+        (folder / name).write_bytes(b"half")
+    assert cache.remove_stale_temp_files() == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted([names["alive"], names["other host"]])

@@ -1,54 +1,76 @@
-"""A really killed extraction (SIGKILL mid-run) leaves only whole entries, and a rerun resumes."""
+"""A really killed extraction (SIGKILL mid-write) leaves only whole entries, and a rerun resumes."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+from mtl_lightning.audio.cache import _alive
 from mtl_lightning.audio.extractor import FeatureSpec
 from mtl_lightning.audio.parallel import extract_all
 from mtl_lightning.audio.synthetic_corpus import CorpusSpec, write_corpus
 
-
-def _slow_extraction(paths, cache):
-    """Runs in a forked child: extraction slowed down so the parent can kill it mid-way."""
-    original = FeatureSpec.extract
-
-    def slow(self, path):
-        time.sleep(0.1)
-        return original(self, path)
-
-    FeatureSpec.extract = slow
-    extract_all(paths, FeatureSpec(n_mels=16), cache, workers=1, progress=False)
+CHILD = Path(__file__).with_name("_extraction_child.py")
 
 
 def test_sigkill_during_extraction_then_resume(tmp_path):
-    spec = CorpusSpec(speakers=3, emotions=2, per_pair=5, min_seconds=0.2, max_seconds=0.3)
-    write_corpus(tmp_path / "corpus", spec)
-    paths = sorted((tmp_path / "corpus").rglob("*.wav")) + sorted(
-        (tmp_path / "corpus").rglob("*.flac")
+    spec = CorpusSpec(speakers=2, emotions=2, per_pair=3, min_seconds=0.2, max_seconds=0.3)
+    manifest = write_corpus(tmp_path / "corpus", spec)
+    paths = sorted(manifest.parent.rglob("*.wav")) + sorted(manifest.parent.rglob("*.flac"))
+    n, done, workers = len(paths), len(paths) // 2, 2
+    cache, held = tmp_path / "cache", tmp_path / "held"
+    held.mkdir()
+    # a fresh interpreter (forking this one after torch ran threads can hang), in its own
+    # process group so that the kill reaches the extraction workers too
+    args = [str(cache), str(held), str(workers), str(done), *map(str, paths)]
+    proc = subprocess.Popen(
+        [sys.executable, str(CHILD), *args], start_new_session=True, stderr=subprocess.PIPE
     )
-    cache = tmp_path / "cache"
-    proc = multiprocessing.get_context("fork").Process(target=_slow_extraction, args=(paths, cache))
-    proc.start()
-    try:
+    try:  # wait until both workers are half-way through writing an entry
         deadline = time.monotonic() + 60
-        while len(list(cache.rglob("*.pt"))) < 4 and time.monotonic() < deadline:
+        while len(list(held.iterdir())) < workers:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the extraction never reached the held-up files"
             time.sleep(0.02)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-    assert proc.exitcode == -signal.SIGKILL
-    written = list(cache.rglob("*.pt"))
-    assert 4 <= len(written) < len(paths) == 30, "the run was not killed mid-extraction"
-    for entry in written:  # every visible entry is whole
-        assert torch.load(entry, weights_only=True).shape[0] == 16
-    resumed = extract_all(paths, FeatureSpec(n_mels=16), cache, progress=False)
-    assert resumed.cached == len(written) and resumed.computed == 30 - len(written)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    writers = {int(p.name) for p in held.iterdir()}
+    deadline = time.monotonic() + 10  # the kill reaches the workers a moment later
+    while any(_alive(pid) for pid in writers):
+        assert time.monotonic() < deadline, f"extraction workers {writers} survived SIGKILL"
+        time.sleep(0.02)
+    entries = sorted(cache.rglob("*.pt"))
+    assert len(entries) == done  # the files before the held-up ones, each moved in whole
+    assert len(list(cache.rglob("*.tmp"))) == workers  # what the kill interrupted: not entries
+    before = [torch.load(entry, weights_only=True) for entry in entries]  # each one whole
+
+    resumed = extract_all(paths, FeatureSpec(n_mels=16), cache, workers=1, progress=False)
+    assert (resumed.cached, resumed.computed, resumed.errors) == (done, n - done, {})
+    assert not list(cache.rglob("*.tmp"))  # the dead writers' temp files are cleaned up
     fresh = extract_all(paths, FeatureSpec(n_mels=16), tmp_path / "fresh", progress=False)
     for a, b in zip(resumed.features, fresh.features, strict=True):
         assert torch.equal(a, b)
+    for x in before:  # and right
+        assert any(torch.equal(x, b) for b in fresh.features)
+
+
+def test_progress_bar_counts_the_files_extracted(tmp_path, capsys):
+    spec = CorpusSpec(speakers=1, emotions=2, per_pair=2, min_seconds=0.2, max_seconds=0.2)
+    manifest = write_corpus(tmp_path / "corpus", spec)
+    paths = sorted(manifest.parent.rglob("*.wav")) + sorted(manifest.parent.rglob("*.flac"))
+    extract_all(paths, FeatureSpec(n_mels=16), tmp_path / "cache", progress=True)
+    bar = capsys.readouterr().err
+    assert "extracting logmel" in bar and "4/4" in bar and "file" in bar
+    extract_all(paths, FeatureSpec(n_mels=16), tmp_path / "cache", progress=True)
+    assert capsys.readouterr().err == ""  # everything cached: nothing to show
+    extract_all(paths, FeatureSpec(n_mels=8), tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == ""
