@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m benchmarks`` runs every benchmark in one process and prints one table.
+"""Benchmarks: ``python -m benchmarks`` runs every benchmark (each in its own process) and prints one table.
 
 Convention (how a file here becomes part of the table):
 
@@ -14,8 +14,9 @@ Convention (how a file here becomes part of the table):
   numbers mean nothing.
 * Each module keeps its own ``main()`` / ``if __name__ == "__main__"`` for detailed use.
 
-The runner sets the torch CPU thread count (``--threads``, default 1: less noise on a shared
-machine) and records, per benchmark, the wall time, the process's peak resident memory so far
-(``getrusage``) and, on CUDA, the peak allocated GPU memory; the header states the machine
+The runner runs each benchmark in a fresh child process, sets its torch CPU thread count
+(``--threads``, default 1: less noise on a shared machine) and records, per benchmark, the wall
+time, that process's peak resident memory (``getrusage``) and, on CUDA, the peak allocated GPU
+memory; the header states the machine
 (CPU model, cores, GPU, Python, torch, Lightning, torchmetrics versions) and the date.
 """

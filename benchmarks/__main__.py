@@ -1,4 +1,8 @@
-"""``python -m benchmarks [--tiny] [--only NAME ...] [--json PATH]``: every benchmark, one table."""
+"""``python -m benchmarks [--tiny] [--only NAME ...] [--json PATH]``: every benchmark, one table.
+
+Each benchmark runs in a fresh child process, one after the other, so that its peak memory is
+its own and no benchmark inherits another's warm caches or allocations.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import os
 import pkgutil
 import platform
 import resource
+import subprocess
 import sys
 import time
 import traceback
@@ -72,42 +77,64 @@ def _peak_rss_mib() -> float:
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux, B on macOS
 
 
-def run_all(tiny: bool, only: Sequence[str] | None = None) -> tuple[Rows, list[str]]:
-    """Run the benchmarks; returns all rows (with memory and time added) and the failures."""
+def run_one(name: str, tiny: bool) -> tuple[Rows, str | None]:
+    """Run one benchmark in this process: its rows (memory and time added), or an error."""
+    try:
+        fn = getattr(importlib.import_module(f"benchmarks.{name}"), "run", None)
+    except Exception:  # e.g. a missing optional dependency: report it, run the others
+        return [], traceback.format_exc()
+    if fn is None:
+        return [], None
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        result = fn(tiny=tiny)
+    except Exception:  # one broken benchmark must not hide the others
+        return [], traceback.format_exc()
+    seconds = time.perf_counter() - start
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    rows: Rows = []
+    for row in result:
+        missing = {"benchmark", "setting", "value", "unit", "ratio"} - set(row)
+        if missing:
+            return [], f"benchmark {name}: row {row} lacks {sorted(missing)}"
+        rows.append(
+            {**row, "peak_rss_mib": round(_peak_rss_mib(), 1), "seconds": round(seconds, 1)}
+            | ({"peak_gpu_mib": round(gpu, 1)} if gpu is not None else {})
+        )
+    return rows, None
+
+
+def run_all(
+    tiny: bool, only: Sequence[str] | None = None, threads: int = 1
+) -> tuple[Rows, list[str]]:
+    """Run each benchmark in a fresh process (so its peak memory is its own); returns all rows
+    and the names of the ones that failed."""
     rows: Rows = []
     failed: list[str] = []
+    root = Path(__file__).resolve().parent.parent
     for name in module_names():
         if only and name not in only:
             continue
-        try:
-            fn = getattr(importlib.import_module(f"benchmarks.{name}"), "run", None)
-        except Exception:  # e.g. a missing optional dependency: report it, run the others
-            traceback.print_exc()
-            failed.append(name)
-            continue
-        if fn is None:
-            print(f"[skip] {name}: no run(tiny) function", file=sys.stderr)
-            continue
         print(f"[run ] {name}{' (tiny)' if tiny else ''} ...", file=sys.stderr, flush=True)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        try:
-            result = fn(tiny=tiny)
-        except Exception:  # one broken benchmark must not hide the others
-            traceback.print_exc()
+        args = [sys.executable, "-m", "benchmarks", "--child", name, "--threads", str(threads)]
+        proc = subprocess.run(
+            args + (["--tiny"] if tiny else []), cwd=root, capture_output=True, text=True
+        )
+        sys.stderr.write(proc.stderr)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            print(f"[fail] {name}: exit code {proc.returncode}", file=sys.stderr)
             failed.append(name)
             continue
-        seconds = time.perf_counter() - start
-        gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-        for row in result:
-            missing = {"benchmark", "setting", "value", "unit", "ratio"} - set(row)
-            if missing:
-                raise ValueError(f"benchmark {name}: row {row} lacks {sorted(missing)}")
-            rows.append(
-                {**row, "peak_rss_mib": round(_peak_rss_mib(), 1), "seconds": round(seconds, 1)}
-                | ({"peak_gpu_mib": round(gpu, 1)} if gpu is not None else {})
-            )
+        report = json.loads(lines[-1])  # the child's last line; benchmarks may print before it
+        if report["error"] is not None:
+            print(report["error"], file=sys.stderr)
+            failed.append(name)
+        elif not report["rows"]:
+            print(f"[skip] {name}: no run(tiny) function", file=sys.stderr)
+        rows += report["rows"]
     return rows, failed
 
 
@@ -150,10 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=None, help="benchmark module names")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write rows + machine here")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # one, in this process
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.child is not None:
+        rows, error = run_one(args.child, args.tiny)
+        print(json.dumps({"rows": rows, "error": error}))
+        return 0
     info = machine()
-    rows, failed = run_all(args.tiny, args.only)
+    rows, failed = run_all(args.tiny, args.only, args.threads)
     print(markdown(rows, info))
     if args.json is not None:
         args.json.write_text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
@@ -33,6 +34,23 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(GradientReversalSchedule, "reversal")
         parser.add_lightning_class_args(MultiTaskSummary, "summary")
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """``validate|test|predict --ckpt_path X``: a datamodule with a ``restore_from`` argument
+        (left unset) gets ``X``, so the tasks it declares, and the heads sized from them, are
+        the checkpoint's (e.g. its label vocabulary), not those of the data given now."""
+        if self.subcommand not in ("validate", "test", "predict"):
+            return
+        config = self.config[self.subcommand]
+        ckpt_path, init_args = config.get("ckpt_path"), config.get("data.init_args")
+        if (
+            ckpt_path
+            and Path(ckpt_path).is_file()
+            and init_args is not None
+            and "restore_from" in init_args
+            and init_args.restore_from is None
+        ):
+            init_args.restore_from = str(ckpt_path)
 
     # --- fault tolerance (issue 6): atomic checkpoint writes and RNG state in checkpoints -----
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -25,18 +25,32 @@ def load_affinity(path: str | Path, epochs: str = "all") -> tuple[list[str], np.
         ...     '{"affinity": [[1, 0.2], [0.4, 1]]}, {"affinity": [[1, 0.4], [0.0, 1]]}]}')
         >>> load_affinity(f)[1].tolist(), load_affinity(f, "last")[1].tolist()
         ([[1.0, 0.30000000000000004], [0.2, 1.0]], [[1.0, 0.4], [0.0, 1.0]])
+
+    A pair not measured in an epoch (``null``) is averaged over the epochs that measured it.
     """
     data = json.loads(Path(path).read_text())
     tasks = list(data["tasks"])
     if "epochs" in data:
+        # a pair with no labelled samples in an epoch is null there (NaN here)
         mats = [np.asarray(e["affinity"], dtype=float) for e in data["epochs"]]
         if not mats:
             raise ValueError(f"{path}: no epochs recorded")
-        matrix = mats[-1] if epochs == "last" else np.mean(mats, axis=0)
+        stack = np.stack(mats[-1:] if epochs == "last" else mats)
+        measured = ~np.isnan(stack)
+        matrix = np.where(measured, stack, 0.0).sum(0) / np.maximum(measured.sum(0), 1)
+        matrix[~measured.any(0)] = np.nan
     else:
         matrix = np.asarray(data["affinity"], dtype=float)
     if matrix.shape != (len(tasks), len(tasks)):
         raise ValueError(f"{path}: affinity shape {matrix.shape} does not match {len(tasks)} tasks")
+    missing = [
+        f"{tasks[i]}->{tasks[j]}" for i, j in zip(*np.nonzero(np.isnan(matrix)), strict=True)
+    ]
+    if missing:
+        raise ValueError(
+            f"{path}: affinity never measured for {missing} (no batch with labels for both "
+            "tasks); grouping needs every pair"
+        )
     return tasks, matrix
 
 

@@ -87,8 +87,9 @@ class MultiTaskModule(pl.LightningModule):
             optimisation: it computes the per-task gradients, averages them over DDP ranks,
             aggregates them and steps the optimizer itself.
         grad_cos_every_n_steps: Log the cosine between every two tasks' gradients of the
-            trunk as ``train/grad_cos/{a}__{b}`` every this many steps (0: never). Adversarial
-            tasks enter with their reversed gradient.
+            trunk as ``train/grad_cos/{a}__{b}`` every this many steps (0: never; use a
+            multiple of ``trainer.log_every_n_steps``, or the logger writes the latest value
+            at its next step). Adversarial tasks enter with their reversed gradient.
         nonfinite: A NaN/inf task loss or gradient: ``"raise"`` a :class:`NonFiniteError`
             naming the task, step and batch; ``"skip"`` the step and count it
             (``train/skipped_steps``); ``"off"``: no check (saves a host sync per step).
@@ -176,6 +177,9 @@ class MultiTaskModule(pl.LightningModule):
         self.nonfinite = nonfinite
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self._batch_idx = -1
+        self._last_batch: Any = None  # kept for naming the task behind a non-finite gradient
+        self._skip_step = False  # set by a skipped step; on_before_optimizer_step drops its grads
+        self._step_number = 0  # 1-based number of the current training step (logging cadence)
         # stages whose metric objects are registered with self.log in the current epoch
         self._epoch_logged: set[str] = set()
         # training accumulators go into checkpoints, so a run resumed mid-epoch ends the epoch
@@ -355,14 +359,14 @@ class MultiTaskModule(pl.LightningModule):
     def shared_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor | None:
         """Forward, per-task losses and metrics; returns the weighted total loss.
 
-        In training, returns ``None`` (Lightning then skips the step) when a task loss is not
-        finite and ``nonfinite="skip"``.
+        In training, when a task loss is not finite and ``nonfinite="skip"``, returns a zero
+        loss whose step changes no parameter (:meth:`_skipped_step_loss`).
         """
         step = self.forward_losses(batch, batch_idx)
         if stage == "train":
-            self._batch_idx = batch_idx
+            self._batch_idx, self._last_batch = batch_idx, batch
             if self._nonfinite_losses(step.losses, batch_idx):
-                return None
+                return self._skipped_step_loss()
             if self._grad_cos_due():
                 self._log_grad_cos(self._task_gradients(step)[0])
         total = self.combine_losses(step.losses)
@@ -418,16 +422,24 @@ class MultiTaskModule(pl.LightningModule):
         return torch.stack(terms).sum() if terms else None
 
     def _task_gradients(
-        self, step: StepOutputs, scale: float = 1.0
+        self,
+        step: StepOutputs,
+        scale: float = 1.0,
+        tasks: Sequence[TaskSpec] | None = None,
+        of_params: bool = True,
     ) -> tuple[Tensor, list[Tensor], list[nn.Parameter]]:
-        """Per-task gradients of the trunk's parameters (``[K, P]``, reduced over ranks), the
-        per-task gradients of the embedding (local), and the trunk parameters, in order.
+        """Per-task gradients of the trunk's parameters (``[T, P]``, reduced over ranks and
+        divided by ``scale``; ``[T, 0]`` with ``of_params=False``, which skips those backward
+        passes), the per-task gradients of the embedding (local, still carrying ``scale``), and
+        the trunk parameters, in order.
 
-        Tasks: the aggregated main tasks, then the adversaries: a reversal adversary with its
-        reversed gradient, a confusion adversary with that of its ``lambda``-scaled confusion
-        loss (the head sees a detached embedding, so its own loss has none)."""
+        Tasks (by default): the aggregated main tasks, then the adversaries: a reversal
+        adversary with its reversed gradient, a confusion adversary with that of its
+        ``lambda``-scaled confusion loss (the head sees a detached embedding, so its own loss
+        has none)."""
         shared = [p for p in self.trunk.parameters() if p.requires_grad]
-        tasks = self._aggregated_tasks() + [t for t in self.tasks if t.adversarial]
+        if tasks is None:
+            tasks = self._aggregated_tasks() + [t for t in self.tasks if t.adversarial]
         confusion = self.confusion_losses(step.embedding)
         strength = self.reversal.lambda_.to(step.embedding.dtype)
 
@@ -440,6 +452,8 @@ class MultiTaskModule(pl.LightningModule):
             torch.autograd.grad(scale * trunk_objective(t), step.embedding, retain_graph=True)[0]
             for t in tasks
         ]
+        if not of_params or not rep_rows:
+            return step.embedding.new_zeros(len(rep_rows), 0).float(), rep_rows, shared
         rows = torch.stack([flat_grad(step.embedding, shared, r) for r in rep_rows])
         return self._reduce_mean(rows.float()) / scale, rep_rows, shared
 
@@ -450,6 +464,13 @@ class MultiTaskModule(pl.LightningModule):
         averaged over DDP ranks *before* the strategy weights them; the trunk gets
         ``sum_k w_k g_k`` plus the adversaries' reversed gradient, each head the gradient of
         its own (statically weighted) loss; then the optimizer steps.
+
+        Non-finite gradients never reach the strategy's state: the reduced Gramian (or
+        Jacobian), losses and the heads' and adversaries' gradients are checked *before* the
+        strategy is asked for weights, and a non-finite final update restores the state it had.
+        Under a GradScaler (16-mixed) such a step goes to the scaler with infinite gradients,
+        so it skips the step and lowers its scale; otherwise ``nonfinite`` applies (raise, or
+        skip and count).
         """
         strategy = self.weighting
         assert isinstance(strategy, GradientWeighting)
@@ -458,12 +479,16 @@ class MultiTaskModule(pl.LightningModule):
         if self._nonfinite_losses(step.losses, batch_idx):
             return None
         scale = self._loss_scale()
+        # under a GradScaler overflow is routine: checked whatever the policy
+        checking = self.nonfinite != "off" or scale != 1.0
         emb = step.embedding
         main = self._aggregated_tasks()
+        adversaries = [t for t in self.tasks if t.adversarial]
         k = len(main)
         shared = [p for p in self.trunk.parameters() if p.requires_grad]
         shared_ids = {id(p) for p in shared}
         others = [p for p in self.parameters() if p.requires_grad and id(p) not in shared_ids]
+        optimizer = self.optimizers()
         rep_rows = [
             torch.autograd.grad(scale * t.weight * step.losses[t.name], emb, retain_graph=True)[0]
             for t in main
@@ -477,15 +502,65 @@ class MultiTaskModule(pl.LightningModule):
         head_total = torch.stack([t.weight * step.losses[t.name] for t in self.tasks]).sum()
         head_flat = flat_grad(scale * head_total, others) if others else emb.new_zeros(0)
         losses = torch.stack([step.losses[t.name].detach().float() for t in main])
+        cos_due = self._grad_cos_due()
+        cos_gramian: Tensor | None = None
+        snapshot: dict[str, Tensor] | None = None
+
+        def nonfinite_step(what: str) -> None:
+            """A non-finite step: the strategy has not been (or is no longer) updated by it."""
+            if scale != 1.0:  # the GradScaler must see the overflow to skip and back off
+                for p in shared + others:
+                    p.grad = torch.full_like(p, math.inf)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            where = f"step {self.global_step}, batch {batch_idx}"
+            if self.nonfinite == "raise":
+                raise NonFiniteError(
+                    f"{where}: non-finite {what} although every task loss was finite; "
+                    "set model.nonfinite='skip' to skip such steps"
+                )
+            for p in self.parameters():
+                p.grad = None
+            self.skipped_steps += 1
+            warnings.warn(f"{where}: skipped, non-finite {what}", stacklevel=3)
+            return None
+
+        def culprits(per_task: Tensor, heads_bad: bool, adversaries_bad: bool) -> str:
+            values = per_task.tolist()
+            bad = [t.name for t, v in zip(main, values, strict=True) if not math.isfinite(v)]
+            parts = [f"gradient from task(s) {', '.join(map(repr, bad))}"] if bad else []
+            if adversaries_bad:
+                parts.append("adversaries' reversed gradient")
+            if heads_bad:
+                parts.append("gradient of the heads")
+            return " and ".join(parts) or "per-task gradients (Gramian overflow)"
+
         with torch.autocast(device_type=emb.device.type, enabled=False):
             if strategy.level == "rep":
-                rows = torch.stack(rep_rows).flatten(1).float() / scale if k else None
-                local = rows @ rows.T if rows is not None else emb.new_zeros(0, 0)
-                packed = self._reduce_mean(torch.cat([local.flatten(), losses]))
+                rows = (
+                    torch.stack(rep_rows).flatten(1).float() / scale
+                    if k
+                    else emb.new_zeros(0, emb.numel()).float()
+                )
+                local = rows @ rows.T
+                # what the strategy does not see, flagged so every rank takes the same branch
+                side = [head_flat, extra_rep if extra_rep is not None else emb.new_zeros(0)]
+                flags = torch.stack([(~torch.isfinite(s)).any() for s in side]).float()
+                packed = self._reduce_mean(torch.cat([local.flatten(), losses, flags]))
                 # each rank's loss is its shard's mean: the global Gramian is sum_r G_r / R^2
                 world = self.trainer.world_size if self._trainer is not None else 1
                 gramian = packed[: k * k].view(k, k) / world
-                weights = strategy.gramian_weights(gramian, packed[k * k :]) if k else losses
+                losses_r = packed[k * k : k * k + k]
+                flags_r = packed[k * k + k :]
+                if checking and not bool(torch.isfinite(packed).all() & (flags_r == 0).all()):
+                    per_task = gramian.diagonal() + losses_r
+                    return nonfinite_step(
+                        culprits(per_task, bool(flags_r[0] != 0), bool(flags_r[1] != 0))
+                    )
+                if checking:
+                    snapshot = {n: v.clone() for n, v in strategy.state_dict().items()}
+                weights = strategy.gramian_weights(gramian, losses_r) if k else losses_r
                 rep_update = sum(
                     (w * r for w, r in zip(weights.to(emb.dtype), rep_rows, strict=True)),
                     torch.zeros_like(emb),
@@ -496,6 +571,11 @@ class MultiTaskModule(pl.LightningModule):
                 reduced = self._reduce_mean(torch.cat([trunk_local.float(), head_flat.float()]))
                 trunk_flat = reduced[: trunk_local.numel()]
                 head_red = reduced[trunk_local.numel() :]
+                if cos_due:  # representation-gradient cosines, adversaries included
+                    if adversaries:
+                        adv = self._task_gradients(step, scale, adversaries, of_params=False)[1]
+                        rows = torch.cat([rows, torch.stack(adv).flatten(1).float() / scale])
+                    cos_gramian = self._reduce_mean(rows @ rows.T)
             else:
                 jac = (
                     torch.stack([flat_grad(emb, shared, r).float() for r in rep_rows])
@@ -513,18 +593,37 @@ class MultiTaskModule(pl.LightningModule):
                 jac_r, losses_r, extra_r, head_red = torch.split(packed, sizes)
                 jac_r = jac_r.view(k, -1)
                 gramian = (jac_r @ jac_r.T) / (scale * scale)
+                if checking and not bool(
+                    torch.isfinite(packed).all() & torch.isfinite(gramian).all()
+                ):
+                    per_task = jac_r.sum(1) + gramian.diagonal() + losses_r
+                    return nonfinite_step(
+                        culprits(
+                            per_task,
+                            not bool(torch.isfinite(head_red).all()),
+                            not bool(torch.isfinite(extra_r).all()),
+                        )
+                    )
+                if checking:
+                    snapshot = {n: v.clone() for n, v in strategy.state_dict().items()}
                 weights = (
                     strategy.gramian_weights(gramian, losses_r, jac_r / scale) if k else losses_r
                 )
                 trunk_flat = jac_r.T @ weights.to(jac_r) + extra_r
+                if cos_due:  # cosines of the trunk-parameter gradients, adversaries included
+                    rows = jac_r / scale
+                    if adversaries:
+                        rows = torch.cat([rows, self._task_gradients(step, scale, adversaries)[0]])
+                    cos_gramian = rows @ rows.T
+        if checking and not bool(torch.isfinite(trunk_flat).all() & torch.isfinite(head_red).all()):
+            if snapshot is not None:  # the update is dropped: so is what the strategy learned
+                strategy.load_state_dict(snapshot)
+            return nonfinite_step(f"update of the parameters (strategy weights {weights.tolist()})")
         write_grads(shared, trunk_flat)
         if others:
             write_grads(others, head_red)
-        if self.nonfinite != "off" and scale == 1.0:
-            finite = bool(torch.isfinite(trunk_flat).all()) and bool(torch.isfinite(head_red).all())
-            if not finite and self._nonfinite_gradients_skip():
-                return None
-        optimizer = self.optimizers()
+        if cos_gramian is not None:
+            self._log_cosines([t.name for t in main + adversaries], cos_gramian)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         applied = dict(zip([t.name for t in main], weights.tolist(), strict=True))
@@ -533,10 +632,11 @@ class MultiTaskModule(pl.LightningModule):
             for t in self.tasks
         }
         self._log_weights()
-        if self._grad_cos_due() and k > 1:
-            self._log_cosines([t.name for t in main], gramian)
-        total = torch.stack([w * step.losses[t.name] for w, t in zip(weights, main, strict=True)])
-        total = total.sum() if k else emb.new_zeros(())
+        # the objective whose gradient was applied: TaskSpec weights included, as in last_weights
+        total = sum(
+            (w * t.weight * step.losses[t.name] for w, t in zip(weights, main, strict=True)),
+            emb.new_zeros(()),
+        )
         if extra is not None:
             total = total + extra
         self.update_metrics("train", step, total.detach())
@@ -549,15 +649,23 @@ class MultiTaskModule(pl.LightningModule):
         for name, weight in self.weighting.last_weights.items():
             self.log(f"train/weight/{name}", float(weight), on_step=True, on_epoch=False)
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning writes a batch's step metrics when (optimizer steps done + 1) is a multiple
+        # of log_every_n_steps; decided here, before this batch's (manual) optimizer step
+        self._step_number = self.global_step + 1
+
     def _should_log_step(self) -> bool:
+        """Whether the logger writes this batch's step values (so they are worth logging)."""
         if self._trainer is None:
             return False
         every = max(1, int(self.trainer.log_every_n_steps))
-        return self.global_step % every == 0
+        return self._step_number % every == 0
 
     def _grad_cos_due(self) -> bool:
+        """Every ``grad_cos_every_n_steps``-th step, counted as the logger counts steps, so that
+        a multiple of ``log_every_n_steps`` is written at the step it was measured on."""
         n = self.grad_cos_every_n_steps
-        return n > 0 and self._trainer is not None and self.global_step % n == 0
+        return n > 0 and self._trainer is not None and self._step_number % n == 0
 
     def _log_grad_cos(self, rows: Tensor) -> None:
         names = [t.name for t in self._aggregated_tasks()] + [
@@ -603,26 +711,74 @@ class MultiTaskModule(pl.LightningModule):
         )
         return True
 
-    def _nonfinite_gradients_skip(self) -> bool:
-        """Called with non-finite gradients: raise, or drop them (True: skip the step)."""
+    def _nonfinite_gradients_skip(self, tasks: Sequence[str] | None = None) -> bool:
+        """Called with non-finite gradients: raise, or drop them (True: skip the step).
+
+        ``tasks``: the tasks whose own gradient is not finite, when the caller knows them;
+        otherwise they are found by :meth:`_tasks_with_nonfinite_gradients`.
+        """
         names = [
             n
             for n, p in self.named_parameters()
             if p.grad is not None and not p.grad.isfinite().all()
         ]
+        if tasks is None:
+            tasks = self._tasks_with_nonfinite_gradients()
+        culprits = (
+            "task(s) " + ", ".join(map(repr, tasks)) if tasks else "task(s) on another DDP rank"
+        )
         where = f"step {self.global_step}, batch {self._batch_idx}"
+        params = f"{names[:5]}{' ...' if len(names) > 5 else ''}"
         if self.nonfinite == "raise":
             raise NonFiniteError(
-                f"{where}: non-finite gradient in {names[:5]}{' ...' if len(names) > 5 else ''} "
-                "although every task loss was finite; set model.nonfinite='skip' to skip such steps"
+                f"{where}: non-finite gradient from {culprits} in {params} although every task "
+                "loss was finite; set model.nonfinite='skip' to skip such steps"
             )
         for p in self.parameters():
             p.grad = None  # optimizers skip parameters without a gradient
         self.skipped_steps += 1
-        warnings.warn(f"{where}: skipped, non-finite gradients in {names[:5]}", stacklevel=2)
+        warnings.warn(f"{where}: skipped, non-finite gradient from {culprits}", stacklevel=2)
         return True
 
+    def _tasks_with_nonfinite_gradients(self) -> list[str]:
+        """The tasks whose own gradient on the last training batch is not finite.
+
+        Only called once a summed gradient is found non-finite: the batch is run again (random
+        state forked, so the run continues as it would have) and each task's loss is
+        differentiated on its own. Under DDP, this rank's shard only.
+        """
+        if self._last_batch is None:
+            return []
+        params = [p for p in self.parameters() if p.requires_grad]
+        bad = []
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            step = self.forward_losses(self._last_batch, self._batch_idx)
+            for task in self.tasks:
+                grads = torch.autograd.grad(
+                    step.losses[task.name], params, retain_graph=True, allow_unused=True
+                )
+                if any(g is not None and not bool(g.isfinite().all()) for g in grads):
+                    bad.append(task.name)
+        return bad
+
+    def _skipped_step_loss(self) -> Tensor:
+        """A zero loss reaching every trainable parameter, for a step the guard skips.
+
+        Lightning cannot skip a step under DDP (``training_step`` may not return ``None`` there,
+        and every rank's backward must reach every parameter); so the step runs on this zero
+        loss and :meth:`on_before_optimizer_step` drops the gradients, which the optimizer then
+        leaves alone (no moment update, no weight decay), as it does for ``None``.
+        """
+        self._skip_step = True
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum().float() for p in params]).sum() * 0.0
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_step:  # after backward (and AMP unscaling), before the step
+            self._skip_step = False
+            for p in self.parameters():
+                p.grad = None
+            return
         # 16-mixed: the GradScaler already skips steps with inf/NaN gradients
         if self.nonfinite == "off" or not self.automatic_optimization or self._loss_scale() != 1.0:
             return
@@ -631,9 +787,14 @@ class MultiTaskModule(pl.LightningModule):
             self._nonfinite_gradients_skip()
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, dict[str, Tensor]]:
-        """Per task: ``pred`` (class index or regression output) and, for classes, ``prob``."""
+        """Per task: ``pred`` (class index or regression output) and, for classes, ``prob``.
+
+        A ``batch["mask"]`` (whole utterances padded per batch) goes to the trunk as in
+        :meth:`forward_losses`, so predictions do not depend on the batch's padding."""
         features = batch["features"] if isinstance(batch, Mapping) else batch
-        outputs = self(features)
+        mask = batch.get("mask") if isinstance(batch, Mapping) else None
+        embedding = self.embed(features) if mask is None else self.trunk(features, mask=mask)
+        outputs = self.forward_heads(embedding)
         result: dict[str, dict[str, Tensor]] = {}
         for task in self.tasks:
             out = outputs[task.name]
@@ -705,6 +866,58 @@ class MultiTaskModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_baselines("test")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Write the *global* training accumulators: each checkpointed metric state summed over
+        DDP ranks.
+
+        torchmetrics keeps each rank's unsynced local sums and only rank zero writes the file,
+        so without this a checkpoint would hold rank zero's share only. Lightning calls this hook
+        on every rank, so the all-reduce is safe (one per dtype); the module's own states stay
+        local. Every such state must be sum-reduced (``dist_reduce_fx="sum"``), which is what
+        makes the global value the per-rank sum; :meth:`on_load_checkpoint` splits it again.
+        """
+        from torchmetrics.utilities.data import dim_zero_sum
+
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return
+        state_dict = checkpoint["state_dict"]
+        keys = []
+        for prefix, metric in self.named_modules():
+            for state in metric._defaults if isinstance(metric, Metric) else ():
+                key = f"{prefix}.{state}"
+                if key not in state_dict:  # not persistent: not in the checkpoint
+                    continue
+                if metric._reductions[state] is not dim_zero_sum or metric._is_synced:
+                    raise NotImplementedError(
+                        f"checkpointed metric state {key!r} must be an unsynced tensor with "
+                        f"dist_reduce_fx='sum' to be merged across ranks"
+                    )
+                keys.append(key)
+        for dtype in sorted({state_dict[k].dtype for k in keys}, key=str):  # same order per rank
+            group = [k for k in keys if state_dict[k].dtype == dtype]
+            flat = torch.cat([state_dict[k].reshape(-1) for k in group])
+            flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
+            sizes = [state_dict[k].numel() for k in group]
+            for key, part in zip(group, flat.split(sizes), strict=True):
+                state_dict[key] = part.reshape(state_dict[key].shape).clone()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the saved global metric states on rank zero only, zeros on the other ranks.
+
+        Called before the state dict is loaded. The states are summed across ranks when computed,
+        so the loaded states add up to the saved global sums whatever the world size now (a DDP
+        checkpoint resumed in one process, or the other way round).
+        """
+        if self.global_rank == 0:
+            return
+        state_dict = checkpoint["state_dict"]
+        for prefix, metric in self.named_modules():
+            for state in metric._defaults if isinstance(metric, Metric) else ():
+                key = f"{prefix}.{state}"
+                if key in state_dict:
+                    state_dict[key] = torch.zeros_like(state_dict[key])
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:

@@ -146,10 +146,17 @@ def probe_task_names(model: Any, tasks: Sequence[str] | None = None) -> list[str
 
 
 def _full_loader(loader: Any) -> DataLoader:
-    """A plain in-order loader over the whole dataset behind ``loader`` (no DDP shard)."""
-    dataset = loader.dataset if isinstance(loader, DataLoader) else loader
-    batch_size = getattr(loader, "batch_size", None) or 256
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    """A plain in-order loader over the whole dataset behind ``loader`` (no DDP shard).
+
+    A ``DataLoader``'s ``collate_fn`` is kept: whole utterances of different lengths, for
+    example, are padded per batch (with a ``mask``) by the datamodule's collate function.
+    """
+    if not isinstance(loader, DataLoader):
+        return DataLoader(loader, batch_size=256, shuffle=False)
+    batch_size = loader.batch_size or 256
+    return DataLoader(
+        loader.dataset, batch_size=batch_size, shuffle=False, collate_fn=loader.collate_fn
+    )
 
 
 @torch.no_grad()
@@ -256,6 +263,11 @@ def probe_checkpoint(
     model = MultiTaskModule.load_from_checkpoint(str(ckpt_path), map_location="cpu").eval()
     probe_task_names(model, tasks)  # fail before building the data
     data.setup("fit")
+    # the datamodule's own checkpoint state (e.g. label vocabulary, feature statistics), as
+    # Lightning restores it for validate/test/predict --ckpt_path
+    state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    if type(data).__qualname__ in state and hasattr(data, "load_state_dict"):
+        data.load_state_dict(state[type(data).__qualname__])
     results = probe_model(
         model, data.train_dataloader(), data.val_dataloader(), tasks, n_boot=n_boot
     )

@@ -20,7 +20,7 @@ def test_lightning_overhead_benchmark_runs():
 
 
 def test_benchmark_runner_tiny(tmp_path):
-    """``python -m benchmarks --tiny`` runs every benchmark with a ``run`` in one process and
+    """``python -m benchmarks --tiny`` runs every benchmark with a ``run`` (each in its own process) and
     prints one table with the machine, the ratios and peak memory."""
     import json
 

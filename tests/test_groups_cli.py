@@ -4,6 +4,7 @@ import contextlib
 import json
 
 import numpy as np
+import pytest
 
 from mtl_lightning.cli import main
 
@@ -44,3 +45,14 @@ def test_help_lists_the_extra_subcommands(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "groups" in out and "compare" in out
+
+
+def test_unmeasured_pairs_average_over_measured_epochs_or_are_named(tmp_path):
+    from mtl_lightning.groups import load_affinity
+
+    path = tmp_path / "a.json"
+    write_affinity(path, ["a", "b"], [[[1, None], [0.2, 1]], [[1, 0.6], [0.4, 1]]])
+    assert load_affinity(path)[1].tolist() == [[1.0, 0.6], [0.30000000000000004, 1.0]]
+    write_affinity(path, ["a", "b"], [[[1, None], [0.2, 1]], [[1, None], [0.4, 1]]])
+    with pytest.raises(ValueError, match=r"never measured for \['a->b'\]"):
+        load_affinity(path)

@@ -44,7 +44,7 @@ class PoisonTrunk(nn.Module):
         return out
 
 
-def _fit(mode: str, nonfinite: str, weighting=None, poison_at: int = 2):
+def _fit(mode: str, nonfinite: str, weighting=None, poison_at: int = 2, edit=None):
     pl.seed_everything(0, verbose=False)
     g = torch.Generator().manual_seed(0)
     ds = TensorTaskDataset(
@@ -61,6 +61,8 @@ def _fit(mode: str, nonfinite: str, weighting=None, poison_at: int = 2):
         nonfinite=nonfinite,
         weighting=weighting,
     )
+    if edit is not None:
+        edit(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = pl.Trainer(
         max_epochs=1,
@@ -80,11 +82,27 @@ def test_nonfinite_loss_raises_naming_task_step_and_batch(weighting):
         _fit("loss", "raise", weighting)
 
 
-def test_nonfinite_gradient_raises_naming_step_batch_and_parameters():
+def test_nonfinite_gradient_raises_naming_step_batch_tasks_and_parameters():
     with pytest.raises(
-        NonFiniteError, match=r"step 2, batch 2: non-finite gradient in \['trunk\.linear"
+        NonFiniteError,
+        match=r"step 2, batch 2: non-finite gradient from task\(s\) 'a', 'b' in \['trunk\.linear",
     ):
         _fit("grad", "raise")
+
+
+class _NaNGradLayer(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _NaNGrad.apply(x)
+
+
+def test_nonfinite_gradient_names_only_the_task_it_comes_from():
+    def poison_b(model: MultiTaskModule) -> None:
+        model.heads["b"] = nn.Sequential(_NaNGradLayer(), model.heads["b"])
+
+    with pytest.raises(
+        NonFiniteError, match=r"step 0, batch 0: non-finite gradient from task\(s\) 'b' in"
+    ):
+        _fit("none", "raise", poison_at=10**6, edit=poison_b)
 
 
 @pytest.mark.parametrize("mode", ["loss", "grad"])

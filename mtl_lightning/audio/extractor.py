@@ -69,6 +69,11 @@ class FeatureSpec:
         """Feature rows of computed features (precomputed files bring their own)."""
         return {"logmel": self.n_mels, "mfcc": self.n_mfcc, "egemaps": 25}[self.kind]
 
+    @property
+    def min_samples(self) -> int:
+        """Shortest waveform (after resampling) a centred STFT can frame: ``n_fft // 2 + 1``."""
+        return self.n_fft // 2 + 1
+
     def params(self) -> dict[str, object]:
         """What the cache key depends on (with a version of the computation)."""
         return {**asdict(self), "version": _VERSION}
@@ -78,12 +83,18 @@ class FeatureSpec:
 
         Raises:
             AudioDecodeError: missing, unreadable or empty audio.
-            FeatureError: unusable precomputed features.
+            FeatureError: unusable precomputed features, or audio shorter than
+                :attr:`min_samples` (the STFT's reflect padding needs more samples).
         """
         path = Path(path)
         if path.suffix.lower() in PRECOMPUTED_SUFFIXES:
             return load_precomputed(path)
         waveform = load_audio(path, self.sample_rate)
+        if self.kind != "egemaps" and waveform.shape[0] < self.min_samples:
+            raise FeatureError(
+                f"{path}: too short: {waveform.shape[0]} samples, need at least "
+                f"{self.min_samples} for n_fft={self.n_fft} (at {self.sample_rate} Hz)"
+            )
         if self.kind == "egemaps":
             features = egemaps_lld(waveform, self.sample_rate)
         else:

@@ -51,6 +51,10 @@ def _compute_one(spec: FeatureSpec, cache: FeatureCache, path: Path) -> tuple[st
         features = cache.get_or_compute(path, spec.extract)
     except AudioDecodeError as err:
         return _reason(path, err), 0.0
+    except (ImportError, MemoryError):  # the environment, not this file: stop the run
+        raise
+    except Exception as err:  # anything else one file triggers is that file's bad row
+        return f"feature extraction failed ({type(err).__name__}: {_reason(path, err)})", 0.0
     seconds = features.shape[-1] * spec.hop_length / spec.sample_rate
     return None, seconds if spec.kind != "egemaps" else features.shape[-1] * 0.01
 
@@ -70,7 +74,9 @@ def extract_all(
 
     Each computed entry is written atomically by :class:`FeatureCache`, so a run killed during
     extraction keeps every finished file and a rerun computes only the rest. Failures (missing,
-    unreadable, empty or non-finite input) do not stop the others; they come back in ``errors``.
+    unreadable, empty, too short or non-finite input, or any other error computing one file's
+    features) do not stop the others; they come back in ``errors``. A missing extra
+    (``ImportError``) and ``MemoryError`` still stop the run.
 
     Example:
         >>> import tempfile, pathlib

@@ -38,9 +38,12 @@ class CorpusSpec:
         per_pair: Utterances per (speaker, emotion) pair.
         min_seconds: Shortest utterance.
         max_seconds: Longest utterance.
-        sample_rates: File sample rates, cycled over utterances (resampling is exercised when
-            they differ from the feature rate).
-        formats: File formats, cycled over utterances (``wav``, ``flac``).
+        sample_rates: File sample rates (resampling is exercised when they differ from the
+            feature rate).
+        formats: File formats (``wav``, ``flac``). Formats and rates vary independently: the
+            utterances cycle through every (format, rate) pair, formats fastest, so every
+            format is written at every rate once ``len(formats) * len(sample_rates)``
+            utterances are written.
         stereo_every: Every n-th file is written as two channels (0: never).
         noise: Standard deviation of additive white noise (relative to full scale).
         seed: Seed of everything.
@@ -133,8 +136,9 @@ def write_corpus(root: str | Path, spec: CorpusSpec | None = None) -> Path:
         (root / "audio" / speaker).mkdir(parents=True, exist_ok=True)
         for e in range(spec.emotions):
             for i in range(spec.per_pair):
-                sr = spec.sample_rates[counter % len(spec.sample_rates)]
+                # every format at every rate: formats cycle fastest, rates once per cycle
                 fmt = spec.formats[counter % len(spec.formats)]
+                sr = spec.sample_rates[counter // len(spec.formats) % len(spec.sample_rates)]
                 seconds = float(rng.uniform(spec.min_seconds, spec.max_seconds))
                 x = synthesize_utterance(f0, formants, e, seconds, sr, rng, spec.noise)
                 if spec.stereo_every and counter % spec.stereo_every == spec.stereo_every - 1:

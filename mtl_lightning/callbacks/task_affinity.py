@@ -21,12 +21,27 @@ from mtl_lightning.affinity import (
 )
 
 
-def _mean_over_ranks(t: Tensor) -> Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _sum_over_ranks(t: Tensor) -> Tensor:
+    if _distributed():
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t /= dist.get_world_size()
     return t
+
+
+def _labelled_mean_over_ranks(values: Tensor, labelled: Tensor, total: Tensor) -> Tensor:
+    """Per-task means over the labelled samples of the global batch.
+
+    ``values`` are this rank's means over its ``labelled`` samples (broadcast against
+    ``values``); ``total`` is the count over all ranks. In one process the values are returned
+    unchanged (bit for bit).
+    """
+    if not _distributed():
+        return values
+    return _sum_over_ranks(values * labelled) / total.clamp_min(1)
 
 
 class TaskAffinity(pl.Callback):
@@ -37,8 +52,12 @@ class TaskAffinity(pl.Callback):
     evaluate every main task's loss on the same batch; ``Z[i, j] = 1 - L_j(theta') / L_j(theta)``.
     All forwards go through ``torch.func.functional_call`` with *copies* of the buffers and a
     forked RNG (one dropout mask for every evaluation), so parameters, BatchNorm running
-    statistics, the optimizer state and the global RNG stream are untouched. Under DDP the
-    gradients and losses are averaged across ranks before use.
+    statistics, the optimizer state and the global RNG stream are untouched. Each task's loss
+    and gradient cover its labelled samples only (missing labels, ``only_when``); a pair whose
+    source or target has no labelled sample in the batch is skipped, and each pair's epoch mean
+    is over the batches it was measured on (never-measured pairs are ``null`` in the file and not
+    logged). Under DDP the gradients and losses are the means over the labelled samples of all
+    ranks, as one process would compute them on the global batch.
 
     At each training epoch end the epoch's mean matrix is logged as ``affinity/{i}_to_{j}``, drawn
     as a heatmap image (TensorBoard; rows = source, columns = target, red helps, blue hurts), and
@@ -70,7 +89,8 @@ class TaskAffinity(pl.Callback):
         self.tasks: list[str] = []
         self._sum: Tensor | None = None
         self._cos_sum: Tensor | None = None
-        self._count = 0
+        self._pair_count: Tensor | None = None  # [T, T]: batches each pair was measured on
+        self._count = 0  # batches measured
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ measurement
@@ -80,12 +100,33 @@ class TaskAffinity(pl.Callback):
         """Affinity ``[T, T]`` and gradient cosine ``[T, T]`` of the main tasks on one batch.
 
         ``seed`` fixes the dropout mask shared by every evaluation (the global RNG is restored).
+        Losses and gradients cover each task's labelled samples only (missing labels and
+        ``only_when`` conditions applied); a pair whose source or target task has no labelled
+        sample in the (global) batch is NaN.
+        """
+        z, cos, measured = self.measure_pairs(pl_module, batch, lr, seed)
+        nan = torch.full_like(z, float("nan"))
+        return torch.where(measured, z, nan), torch.where(measured, cos, nan)
+
+    def measure_pairs(
+        self, pl_module: Any, batch: Any, lr: float, seed: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`measure` as ``(affinity, cosine, measured)``; ``measured`` is a ``[T, T]`` bool.
+
+        ``measured[i, j]``: both source ``i`` and target ``j`` have labelled samples in the batch
+        (summed over DDP ranks); the other entries of ``affinity`` and ``cosine`` are meaningless.
+        Under DDP each task's losses and gradients are the means over the labelled samples of
+        all ranks (each rank's mean weighted by its labelled count), as one process would compute
+        them on the global batch.
         """
         specs = [t for t in pl_module.tasks if not t.adversarial]
         features, targets = batch["features"], batch["targets"]
+        masks = pl_module.labelled_masks(targets)
         shared = {f"trunk.{k}": v for k, v in pl_module.trunk.named_parameters()}
         buffers = dict(pl_module.named_buffers())
         device = features.device
+        labelled = torch.stack([masks[t.name].sum() for t in specs]).to(features.dtype)
+        total = _sum_over_ranks(labelled)  # [T]: labelled samples of each task, all ranks
 
         def losses(params: dict[str, Tensor]) -> Tensor:
             devices = [device] if device.type == "cuda" else []
@@ -94,7 +135,7 @@ class TaskAffinity(pl.Callback):
                 copies = {k: v.clone() for k, v in buffers.items()}  # BN stats stay untouched
                 out = torch.func.functional_call(pl_module, {**params, **copies}, (features,))
             return torch.stack(
-                [pl_module.task_loss(t, out[t.name], targets[t.name]) for t in specs]
+                [pl_module.task_loss(t, out[t.name], targets[t.name], masks[t.name]) for t in specs]
             )
 
         names = list(shared)
@@ -108,16 +149,19 @@ class TaskAffinity(pl.Callback):
                 for i in range(len(specs))
             ]
         flat = torch.stack([torch.cat([g.reshape(-1) for g in gs]) for gs in grads]).detach()
-        flat = _mean_over_ranks(flat)  # [T, P]: the gradient of the global batch
+        # [T, P]: the gradient of the global batch
+        flat = _labelled_mean_over_ranks(flat, labelled[:, None], total[:, None])
         per_task = [
             {n: part.view_as(shared[n]) for n, part in zip(names, row.split(sizes), strict=True)}
             for row in flat
         ]
         detached = {k: v.detach() for k, v in shared.items()}
         after = lookahead_losses(losses, detached, per_task, lr)
-        before = _mean_over_ranks(before.detach())
-        after = _mean_over_ranks(after)
-        return affinity_from_losses(before, after), cosine_matrix(flat)
+        before = _labelled_mean_over_ranks(before.detach(), labelled, total)
+        after = _labelled_mean_over_ranks(after, labelled[None, :], total[None, :])
+        has_labels = total > 0
+        measured = has_labels[:, None] & has_labels[None, :]
+        return affinity_from_losses(before, after), cosine_matrix(flat), measured
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_start(
@@ -127,22 +171,36 @@ class TaskAffinity(pl.Callback):
             return
         self.tasks = [t.name for t in pl_module.tasks if not t.adversarial]  # type: ignore[attr-defined]
         lr = self.lr if self.lr is not None else float(trainer.optimizers[0].param_groups[0]["lr"])
-        z, cos = self.measure(pl_module, batch, lr, seed=trainer.global_step)
-        self._sum = z.double().cpu() if self._sum is None else self._sum + z.double().cpu()
-        self._cos_sum = (
-            cos.double().cpu() if self._cos_sum is None else self._cos_sum + cos.double().cpu()
-        )
+        z, cos, measured = self.measure_pairs(pl_module, batch, lr, seed=trainer.global_step)
+        zero = torch.zeros((), dtype=torch.float64)
+        measured = measured.cpu()
+        z = torch.where(measured, z.double().cpu(), zero)  # unmeasured pairs add nothing
+        cos = torch.where(measured, cos.double().cpu(), zero)
+        self._sum = z if self._sum is None else self._sum + z
+        self._cos_sum = cos if self._cos_sum is None else self._cos_sum + cos
+        counts = measured.long()
+        self._pair_count = counts if self._pair_count is None else self._pair_count + counts
         self._count += 1
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._count == 0 or self._sum is None or self._cos_sum is None:
             return
-        z = (self._sum / self._count).tolist()
-        cos = (self._cos_sum / self._count).tolist()
+        pairs = self._pair_count if self._pair_count is not None else torch.tensor(self._count)
+        pairs = pairs.expand_as(self._sum)
+
+        def mean(total: Tensor) -> list[list[float | None]]:
+            # a pair never measured this epoch (a task without labels in every batch): null
+            return [
+                [float(s / n) if n > 0 else None for s, n in zip(srow, nrow, strict=True)]
+                for srow, nrow in zip(total.tolist(), pairs.tolist(), strict=True)
+            ]
+
+        z, cos = mean(self._sum), mean(self._cos_sum)
         record = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "measurements": self._count,
+            "pair_measurements": pairs.tolist(),
             "tasks": list(self.tasks),
             "affinity": z,
             "cosine": cos,
@@ -150,16 +208,19 @@ class TaskAffinity(pl.Callback):
         self.history.append(record)
         for i, source in enumerate(self.tasks):
             for j, target in enumerate(self.tasks):
+                value = z[i][j]
+                if value is None:
+                    continue
                 pl_module.log(
                     f"affinity/{source}_to_{target}",
-                    z[i][j],
+                    value,
                     on_epoch=True,
                     on_step=False,
                     sync_dist=False,
                 )
         # trainer.log_dir broadcasts under DDP: every rank asks, only rank zero writes
         self._write(trainer, record, trainer.log_dir)
-        self._sum, self._cos_sum, self._count = None, None, 0
+        self._sum, self._cos_sum, self._pair_count, self._count = None, None, None, 0
 
     @rank_zero_only
     def _write(self, trainer: pl.Trainer, record: dict[str, Any], log_dir: str | None) -> None:
@@ -172,7 +233,8 @@ class TaskAffinity(pl.Callback):
         if self.log_image:
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    image = heatmap_image(torch.tensor(record["affinity"]))
+                    z = [[0.0 if v is None else v for v in row] for row in record["affinity"]]
+                    image = heatmap_image(torch.tensor(z))
                     logger.experiment.add_image("affinity/heatmap", image, record["epoch"])
 
     # ------------------------------------------------------------------ checkpoint state
@@ -182,6 +244,7 @@ class TaskAffinity(pl.Callback):
             "sum": None if self._sum is None else self._sum.tolist(),
             "cos_sum": None if self._cos_sum is None else self._cos_sum.tolist(),
             "count": self._count,
+            "pair_count": None if self._pair_count is None else self._pair_count.tolist(),
             "history": list(self.history),
         }
 
@@ -191,4 +254,8 @@ class TaskAffinity(pl.Callback):
         self._sum = None if s is None else torch.tensor(s, dtype=torch.float64)
         self._cos_sum = None if c is None else torch.tensor(c, dtype=torch.float64)
         self._count = int(state_dict["count"])
+        pairs = state_dict.get("pair_count")  # absent in older checkpoints: every pair counted
+        if pairs is None and self._sum is not None:
+            pairs = torch.full(self._sum.shape, self._count).tolist()
+        self._pair_count = None if pairs is None else torch.tensor(pairs, dtype=torch.long)
         self.history = list(state_dict["history"])

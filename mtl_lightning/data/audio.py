@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -38,13 +40,13 @@ STAGE_SPLITS = ("train", "val", "test")
 
 @dataclass
 class _Plan:
-    """What the manifest alone decides: usable rows, their splits, labels and vocabulary."""
+    """What the manifest alone decides: usable rows, their splits and labels."""
 
     rows: list[ManifestRow]
     problems: list[RowProblem]
     split: Split
     labels: dict[str, list[str | None]]  # per task, per row; None = not scored
-    vocab: LabelVocab
+    predict: bool  # read for predict: labels (and speaker/split columns) may be missing
 
 
 class AudioFeatureDataModule(MultiTaskDataModule):
@@ -53,8 +55,17 @@ class AudioFeatureDataModule(MultiTaskDataModule):
     The manifest has a path column (relative to ``audio_root``, default: the manifest's
     folder) and one column per task in ``label_columns``; other columns are ignored. String
     labels become class indices (sorted names); the tasks, with their class counts, are
-    declared from the manifest, and the vocabulary is saved as ``label_vocab.json`` in the run
-    directory and in checkpoints (:meth:`state_dict`), so ``predict`` can report names.
+    declared from the labels of the rows that are used (with ``on_error="skip"`` the features
+    are extracted first, so a class whose files all failed gets no head output), and the
+    vocabulary is saved as ``label_vocab.json`` in the run directory and in checkpoints
+    (:meth:`state_dict`), so ``predict`` can report names.
+
+    From a checkpoint (``restore_from``, which the CLI sets from ``--ckpt_path`` for
+    ``validate``, ``test`` and ``predict``), the checkpoint's vocabulary defines the tasks and
+    its statistics normalise the features, whatever classes the manifest given now has. A
+    label the vocabulary does not know is then a bad row (below), except in ``predict``, where
+    labels are not needed: a predict manifest may lack the label columns or leave cells empty
+    (and, with ``predict_split="all"``, lack the speaker and split columns).
 
     Features are computed once per file and parameter set, in ``num_extract_workers``
     processes, into an on-disk cache keyed by (path, size, mtime, parameters) with atomic
@@ -74,10 +85,12 @@ class AudioFeatureDataModule(MultiTaskDataModule):
       ignores): ``val/speaker/acc`` measures the adversary, ``val/emotion/acc`` generalisation.
     * ``manifest``: the ``split_column`` says ``train``, ``val`` or ``test`` per row.
 
-    Bad rows (missing file, unreadable or empty audio, missing label, unknown split value,
-    non-finite or malformed precomputed features) raise one :class:`ManifestError` listing
-    every one with its CSV line, or with ``on_error="skip"`` are left out with a warning that
-    counts and lists them. Empty cells of ``partial_tasks`` mean "label missing" (``-100``).
+    Bad rows (missing file, unreadable, empty or too short audio, any other failure to compute
+    a file's features, missing label, a label the restored vocabulary does not know, unknown
+    split value, non-finite or malformed precomputed features) raise one
+    :class:`ManifestError` listing every one with its CSV line, or with ``on_error="skip"``
+    are left out with a warning that counts and lists them. Empty cells of ``partial_tasks``
+    mean "label missing" (``-100``).
 
     Args:
         manifest: CSV file.
@@ -116,6 +129,8 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         batch_size: Batch size of every loader.
         num_workers: Loader workers.
         seed: Seed of the split and of the training order.
+        restore_from: A checkpoint of a run with this datamodule: its vocabulary (the tasks'
+            classes) and normalisation statistics are used instead of the manifest's own.
 
     Example:
         >>> import tempfile
@@ -163,6 +178,7 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        restore_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -175,6 +191,12 @@ class AudioFeatureDataModule(MultiTaskDataModule):
             )
         if split not in ("stratified", "speaker_disjoint", "manifest"):
             raise ValueError(f"split must be stratified, speaker_disjoint or manifest: {split!r}")
+        if split == "stratified" and not set(label_columns) - set(adversarial):
+            raise ValueError(
+                "split='stratified' keeps the class proportions of the first main task, but "
+                f"every task in {label_columns} is adversarial: make one a main task or use "
+                "split='speaker_disjoint' or 'manifest'"
+            )
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if crop_frames is not None and crop_frames < 1:
@@ -191,19 +213,30 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         self.datasets: dict[str, UtteranceDataset] = {}
         self._plan_cache: _Plan | None = None
         self._features: list[Tensor | None] | None = None
+        self._vocab: LabelVocab | None = None  # fixed once the tasks were declared
+        self._stage: str | None = None
         self._restored: dict[str, Any] | None = None
+        if restore_from is not None:
+            self._restored = self._checkpoint_state(restore_from)
 
     # ------------------------------------------------------------------ manifest
     @property
     def vocab(self) -> LabelVocab:
-        """Class names per task (the checkpoint's, once one was loaded)."""
-        return self._plan().vocab
+        """Class names per task: the checkpoint's once one was restored, else those of the
+        rows used (fixed from the first call on: the model's heads are sized from it)."""
+        if self._restored is not None:
+            return self._restored["vocab"]
+        if self._vocab is None:
+            self._vocab = self._build_vocab()
+        return self._vocab
 
     @property
     def tasks(self) -> list[TaskSpec]:
         h = self.hparams
         tasks = []
         for name in self.label_columns:
+            if name not in self.vocab.names:
+                raise ValueError(f"task {name!r} is not in the vocabulary {self.vocab.names}")
             size = self.vocab.size(name)
             if size < 2:
                 raise ValueError(f"task {name!r} needs >= 2 classes, the manifest has {size}")
@@ -215,12 +248,40 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         """The manifest path of row ``row`` (the ``index`` a batch carries)."""
         return self._plan().rows[row].path
 
+    def _checkpoint_state(self, path: str) -> dict[str, Any]:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        key = type(self).__qualname__
+        if key not in ckpt:
+            raise ValueError(
+                f"{path}: the checkpoint holds no {key} state (vocabulary, statistics)"
+            )
+        return self._as_restored(ckpt[key])
+
+    def _as_restored(self, state: dict[str, Any]) -> dict[str, Any]:
+        if state.get("features") != self.spec.params():
+            log.warning(
+                "the checkpoint's features %s differ from this datamodule's %s",
+                state.get("features"),
+                self.spec.params(),
+            )
+        return {**state, "vocab": LabelVocab(state["vocab"])}
+
+    def _predicting(self) -> bool:
+        state = getattr(self.trainer, "state", None)
+        if state is not None and state.fn is not None:
+            return state.fn == "predict"
+        return self._stage == "predict"
+
     def _plan(self) -> _Plan:
+        predict = self._predicting()
+        if self._plan_cache is not None and self._plan_cache.predict != predict:
+            # read for fitting before and now for predicting (or the reverse): read it again
+            self._plan_cache, self._features, self.extraction, self.datasets = None, None, None, {}
         if self._plan_cache is None:
-            self._plan_cache = self._read_plan()
+            self._plan_cache = self._read_plan(predict)
         return self._plan_cache
 
-    def _read_plan(self) -> _Plan:
+    def _read_plan(self, predict: bool) -> _Plan:
         h = self.hparams
         grouped = h.split == "speaker_disjoint" or h.normalize == "per_speaker"
         rows, problems = read_manifest(
@@ -231,37 +292,89 @@ class AudioFeatureDataModule(MultiTaskDataModule):
             partial=h.partial_tasks,
             split_column=h.split_column if h.split == "manifest" else None,
             group_column=h.speaker_column if grouped else None,
+            # predict needs no labels; with predict_split="all" no split either
+            optional=(
+                [*self.label_columns]
+                + ([h.speaker_column, h.split_column] if h.predict_split == "all" else [])
+                if predict
+                else ()
+            ),
         )
         if not rows:
             report_problems(problems, "raise", self.manifest, 0)
             raise ValueError(f"{self.manifest}: no rows")
-        split = self._split(rows)
+        split = self._split(rows, predict)
         labels = {t: [r.labels[t] for r in rows] for t in self.label_columns}
-        vocab_rows = labels
         speaker_task = h.speaker_column if h.speaker_column in self.label_columns else None
         if h.split == "speaker_disjoint":
-            train = [n == "train" for n in split.names]
             for t in self.label_columns:  # which rows score which task (see the class doc)
                 keep = [
                     n == "train" or (seen if t == speaker_task else not seen)
                     for n, seen in zip(split.names, split.seen_heldout, strict=True)
                 ]
                 labels[t] = [v if k else None for v, k in zip(labels[t], keep, strict=True)]
-            if speaker_task is not None:  # the adversary's classes: the training speakers
-                vocab_rows = dict(labels)
-                vocab_rows[speaker_task] = [
-                    v for v, tr in zip(labels[speaker_task], train, strict=True) if tr
-                ]
-        vocab = LabelVocab.build(vocab_rows)
-        if self._restored is not None:
-            vocab = LabelVocab(self._restored["vocab"])
-        return _Plan(rows, problems, split, labels, vocab)
+        if h.split == "manifest" and speaker_task is not None and not predict:
+            self._warn_unseen_speakers(labels[speaker_task], split.names)
+        return _Plan(rows, problems, split, labels, predict)
 
-    def _split(self, rows: list[ManifestRow]) -> Split:
+    def _build_vocab(self) -> LabelVocab:
+        """Classes of the rows used: with ``on_error="skip"`` after extraction, so that a class
+        whose files all failed gets no output; speaker-disjoint: the adversary's classes are the
+        training speakers."""
+        h, plan = self.hparams, self._plan()
+        used = [True] * len(plan.rows)
+        if h.on_error == "skip":
+            used = [x is not None for x in self._load_features()]
+        keep = {t: list(used) for t in self.label_columns}
+        speaker_task = h.speaker_column if h.speaker_column in self.label_columns else None
+        if h.split == "speaker_disjoint" and speaker_task is not None:
+            train = [n == "train" for n in plan.split.names]
+            keep[speaker_task] = [u and tr for u, tr in zip(used, train, strict=True)]
+        return LabelVocab.build(
+            {
+                t: [v for v, k in zip(plan.labels[t], keep[t], strict=True) if k]
+                for t in self.label_columns
+            }
+        )
+
+    def _warn_unseen_speakers(self, speakers: list[str | None], names: list[str]) -> None:
+        """``split="manifest"``: speakers only in val/test make the speaker head's scores
+        (and its chance line, 1 / all speakers) misleading."""
+        train = {s for s, n in zip(speakers, names, strict=True) if n == "train"}
+        unseen = sorted({s for s in speakers if s is not None} - train)
+        if unseen:
+            message = (
+                f"{self.manifest}: {len(unseen)} speaker(s) appear only in val/test "
+                f"({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''}): the speaker "
+                "task cannot classify their utterances, and its chance line (1 / all "
+                f"{len(train) + len(unseen)} speakers) counts them. Use split: speaker_disjoint "
+                "to score the adversary on held-out utterances of training speakers only."
+            )
+            log.warning(message)
+            warnings.warn(message, stacklevel=2)
+
+    def _split(self, rows: list[ManifestRow], predict: bool = False) -> Split:
         h = self.hparams
+        if predict and h.predict_split == "all":
+            # every row is predicted; the configured split only matters for the statistics of
+            # a datamodule without a checkpoint, and only where the manifest allows it
+            missing = (h.split == "manifest" and any(r.split is None for r in rows)) or (
+                h.split == "speaker_disjoint" and any(r.group is None for r in rows)
+            )
+            try:
+                if not missing:
+                    return self._split(rows)
+            except ValueError:  # e.g. too few speakers for a speaker-disjoint split
+                pass
+            return Split(["test"] * len(rows), [False] * len(rows))
         if h.split == "manifest":
             return Split([str(r.split) for r in rows], [False] * len(rows))
         if h.split == "speaker_disjoint":
+            if any(r.group is None for r in rows):
+                raise ValueError(
+                    f"{self.manifest}: a speaker-disjoint split needs the {h.speaker_column!r} "
+                    "column on every row (to predict unlabelled recordings use predict_split: all)"
+                )
             groups = [str(r.group) for r in rows]
             return speaker_disjoint_split(
                 groups, h.val_fraction, h.test_fraction, h.heldout_fraction, h.seed
@@ -276,9 +389,9 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         self._load_features()
 
     def _load_features(self) -> list[Tensor | None]:
+        h, plan = self.hparams, self._plan()
         if self._features is not None:
             return self._features
-        h, plan = self.hparams, self._plan()
         result = extract_all(
             [r.file for r in plan.rows],
             self.spec,
@@ -303,6 +416,8 @@ class AudioFeatureDataModule(MultiTaskDataModule):
                         )
                     )
                     result.features[i] = None
+        if self._restored is not None:  # the vocabulary is known: so are its unknown labels
+            problems += self._unknown_labels(result.features)
         kept = sum(x is not None for x in result.features)
         report_problems(problems, h.on_error, self.manifest, kept)
         self.skipped = sorted(problems, key=lambda p: p.line)
@@ -318,8 +433,39 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         self._features = result.features
         return self._features
 
+    def _unknown_labels(self, features: list[Tensor | None]) -> list[RowProblem]:
+        """Rows (with features) labelled with a class the vocabulary does not have: bad rows,
+        whose features are dropped, in fit/validate/test; in predict labels are not used."""
+        plan, vocab = self._plan(), self.vocab
+        reasons: dict[int, list[str]] = {}
+        for t in self.label_columns:
+            names = vocab.names.get(t, [])
+            known = set(names)
+            for i, v in enumerate(plan.labels[t]):
+                if v is not None and v not in known and features[i] is not None:
+                    listed = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+                    reasons.setdefault(i, []).append(
+                        f"{t} label {v!r} is not a class of the model (vocabulary: {listed})"
+                    )
+        if plan.predict:
+            if reasons:
+                log.warning(
+                    "%s: %d row(s) have labels the vocabulary does not know; predict ignores them",
+                    self.manifest,
+                    len(reasons),
+                )
+            return []
+        for i in reasons:
+            features[i] = None
+        return [
+            RowProblem(plan.rows[i].line, plan.rows[i].path, "; ".join(r))
+            for i, r in sorted(reasons.items())
+        ]
+
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:
+        self._stage = stage
+        self._plan()  # read again if it was read for another stage (predict / not predict)
         if not self.datasets:
             self._build_datasets()
         if stage == "fit" and self.trainer is not None and self.trainer.is_global_zero:
@@ -328,40 +474,41 @@ class AudioFeatureDataModule(MultiTaskDataModule):
     def _build_datasets(self) -> None:
         h, plan = self.hparams, self._plan()
         features = self._load_features()
+        vocab = self.vocab
         speakers = [r.group for r in plan.rows]
         members = {
             s: [i for i, n in enumerate(plan.split.names) if n == s and features[i] is not None]
             for s in STAGE_SPLITS
         }
-        if not members["train"]:
+        if not members["train"] and not plan.predict:
             raise ValueError(f"{self.manifest}: the training split has no usable rows")
         rest = members["val"] + members["test"]
-        self.norm.fit(
-            [features[i] for i in members["train"]],  # type: ignore[misc]
-            [speakers[i] for i in members["train"]],
-            [features[i] for i in rest],  # type: ignore[misc]
-            [speakers[i] for i in rest],
-        )
         if self._restored is not None:
             self.norm.load_state_dict(self._restored["norm"])
+            used = [i for i, x in enumerate(features) if x is not None]
+            self.norm.add_speakers([features[i] for i in used], [speakers[i] for i in used])  # type: ignore[misc]
+        elif members["train"] and not (plan.predict and self.norm.fitted):
+            self.norm.fit(
+                [features[i] for i in members["train"]],  # type: ignore[misc]
+                [speakers[i] for i in members["train"]],
+                [features[i] for i in rest],  # type: ignore[misc]
+                [speakers[i] for i in rest],
+            )
+        # predicting without a checkpoint or earlier statistics: FeatureNorm says so when read
+        unknown = "missing" if plan.predict else "raise"
         for name, idx in [*members.items(), ("all", sorted(sum(members.values(), [])))]:
             self.datasets[name] = UtteranceDataset(
                 [features[i] for i in idx],  # type: ignore[misc]
-                {t: plan.vocab.encode(t, [plan.labels[t][i] for i in idx]) for t in plan.labels},
+                {
+                    t: vocab.encode(t, [plan.labels[t][i] for i in idx], unknown)
+                    for t in plan.labels
+                },
                 self.norm,
                 [speakers[i] for i in idx],
                 idx,
                 crop_frames=h.crop_frames,
                 train=name == "train",
             )
-
-    def _encode_targets(self) -> None:
-        plan = self._plan()
-        for dataset in self.datasets.values():
-            dataset.targets = {
-                t: plan.vocab.encode(t, [plan.labels[t][i] for i in dataset.rows])
-                for t in plan.labels
-            }
 
     def _write_run_files(self, log_dir: str | None) -> None:
         if log_dir is None:
@@ -382,19 +529,22 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Use a checkpoint's vocabulary and statistics (Lightning calls this after setup)."""
-        if state_dict.get("features") != self.spec.params():
-            log.warning(
-                "the checkpoint's features %s differ from this datamodule's %s",
-                state_dict.get("features"),
-                self.spec.params(),
-            )
-        self._restored = dict(state_dict)
-        if self._plan_cache is not None:
-            self._plan_cache.vocab = LabelVocab(state_dict["vocab"])
+        """Use a checkpoint's vocabulary and statistics (Lightning calls this after setup).
+
+        The datasets are built again with them; rows whose label the checkpoint's vocabulary
+        does not know are bad rows (raised, or skipped with ``on_error="skip"``), except when
+        predicting.
+        """
+        self._restored = self._as_restored(state_dict)
         if self.datasets:
-            self.norm.load_state_dict(state_dict["norm"])
-            self._encode_targets()
+            features = self._load_features()
+            problems = self._unknown_labels(features)
+            if problems:
+                kept = sum(x is not None for x in features)
+                report_problems(problems, self.hparams.on_error, self.manifest, kept)
+                self.skipped = sorted([*self.skipped, *problems], key=lambda p: p.line)
+            self.datasets = {}
+            self._build_datasets()
 
     # ------------------------------------------------------------------ loaders
     def _dataset(self, name: str) -> UtteranceDataset:

@@ -53,12 +53,15 @@ def read_manifest(
     partial: Sequence[str] = (),
     split_column: str | None = None,
     group_column: str | None = None,
+    optional: Sequence[str] = (),
 ) -> tuple[list[ManifestRow], list[RowProblem]]:
     """Parse the CSV: the good rows and one :class:`RowProblem` per bad row.
 
     A row is bad when its file does not exist, a label of a task not in ``partial`` is empty,
     or its split is not one of ``train``, ``val``, ``test``. Columns that are not named are
-    ignored; a named column missing from the header is an immediate :class:`ManifestError`.
+    ignored; a named column missing from the header is an immediate :class:`ManifestError`,
+    unless it is ``optional``: an optional column may be absent (every cell counts as empty)
+    and its empty cells are ``None``, not problems (``predict`` on unlabelled recordings).
 
     Example:
         >>> import tempfile, pathlib
@@ -74,7 +77,11 @@ def read_manifest(
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
         needed = [path_column, *label_columns, split_column, group_column]
-        absent = [c for c in dict.fromkeys(needed) if c is not None and c not in header]
+        absent = [
+            c
+            for c in dict.fromkeys(needed)
+            if c is not None and c not in header and c not in optional
+        ]
         if absent:
             raise ManifestError(f"{manifest}: no column(s) {absent}; the header is {header}")
         rows: list[ManifestRow] = []
@@ -90,15 +97,19 @@ def read_manifest(
             labels: dict[str, str | None] = {}
             for column in label_columns:
                 value = (record.get(column) or "").strip()
-                if not value and column not in partial:
+                if not value and column not in partial and column not in optional:
                     reasons.append(f"no {column} label")
                 labels[column] = value or None
             split = (record.get(split_column) or "").strip() if split_column else None
             if split_column and split not in SPLITS:
-                reasons.append(f"unknown split {split!r} (expected one of {list(SPLITS)})")
+                if split or split_column not in optional:
+                    reasons.append(f"unknown split {split!r} (expected one of {list(SPLITS)})")
+                split = None
             group = (record.get(group_column) or "").strip() if group_column else None
             if group_column and not group:
-                reasons.append(f"no {group_column} (needed for splits/normalisation)")
+                if group_column not in optional:
+                    reasons.append(f"no {group_column} (needed for splits/normalisation)")
+                group = None
             if reasons:
                 problems.append(RowProblem(line, path, "; ".join(reasons)))
             else:

@@ -65,6 +65,25 @@ class FeatureNorm:
                     grouped[s].append(x)
             self.speakers = {s: _moments(items) for s, items in grouped.items()}
 
+    @property
+    def fitted(self) -> bool:
+        """Whether statistics are there (from :meth:`fit` or :meth:`load_state_dict`)."""
+        return self.mode == "none" or self.mean is not None
+
+    def add_speakers(self, items: Sequence[Tensor], speakers: Sequence[str | None]) -> None:
+        """``per_speaker``: statistics of the speakers that have none yet, from their ``items``.
+
+        After :meth:`load_state_dict` (a checkpoint's statistics), new speakers are then
+        standardised by their own statistics, as unseen val/test speakers were in training.
+        """
+        if self.mode != "per_speaker":
+            return
+        grouped: dict[str, list[Tensor]] = defaultdict(list)
+        for x, s in zip(items, speakers, strict=True):
+            if s is not None and s not in self.speakers:
+                grouped[s].append(x)
+        self.speakers |= {s: _moments(group) for s, group in grouped.items()}
+
     def __call__(self, x: Tensor, speaker: str | None = None) -> Tensor:
         if self.mode == "none":
             return x
@@ -73,7 +92,11 @@ class FeatureNorm:
         elif self.mean is not None and self.std is not None:
             mean, std = self.mean, self.std
         else:
-            raise RuntimeError("FeatureNorm used before fit() or load_state_dict()")
+            raise RuntimeError(
+                "FeatureNorm used before fit() or load_state_dict(): no training rows to compute "
+                "normalisation statistics from; predict from a checkpoint (ckpt_path), whose "
+                "statistics are restored, or with a datamodule that was set up for fitting"
+            )
         if mean.shape[0] != x.shape[0]:
             raise ValueError(f"features have {x.shape[0]} rows, statistics {mean.shape[0]}")
         return (x - mean[:, None]) / std[:, None]

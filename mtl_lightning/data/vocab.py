@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -18,10 +19,18 @@ class LabelVocab:
 
     Example:
         >>> vocab = LabelVocab.build({"emotion": ["sad", "happy", None, "sad"]})
-        >>> vocab.names["emotion"], vocab.encode("emotion", ["sad", None, "bored"]).tolist()
-        (['happy', 'sad'], [1, -100, -100])
+        >>> vocab.names["emotion"], vocab.encode("emotion", ["sad", None, "happy"]).tolist()
+        (['happy', 'sad'], [1, -100, 0])
         >>> vocab.decode("emotion", [0, 1])
         ['happy', 'sad']
+        >>> vocab.unknown("emotion", ["sad", "bored", None])
+        ['bored']
+        >>> vocab.encode("emotion", ["bored"])
+        Traceback (most recent call last):
+        ...
+        ValueError: emotion: label(s) ['bored'] not in the vocabulary ['happy', 'sad']
+        >>> vocab.encode("emotion", ["bored", "sad"], unknown="missing").tolist()
+        [-100, 1]
     """
 
     def __init__(self, names: Mapping[str, Sequence[str]]) -> None:
@@ -39,9 +48,32 @@ class LabelVocab:
         """Number of classes of ``task``."""
         return len(self.names[task])
 
-    def encode(self, task: str, labels: Iterable[str | None]) -> torch.Tensor:
-        """Class indices; a missing or unknown label becomes ``-100`` (ignored by the model)."""
+    def unknown(self, task: str, labels: Iterable[str | None]) -> list[str]:
+        """The labels (not ``None``) that are not classes of ``task``, in order, once each."""
         index = self._index[task]
+        return list(dict.fromkeys(v for v in labels if v is not None and v not in index))
+
+    def encode(
+        self,
+        task: str,
+        labels: Iterable[str | None],
+        unknown: Literal["raise", "missing"] = "raise",
+    ) -> torch.Tensor:
+        """Class indices; a missing label (``None``) becomes ``-100`` (ignored by the model).
+
+        A label that is not a class of ``task`` raises ``ValueError`` (``unknown="raise"``):
+        data labelled with a class the model has no output for is an error, not a silently
+        ignored sample. ``unknown="missing"`` turns it into ``-100`` (``predict``, where labels
+        are not used).
+        """
+        labels = list(labels)
+        index = self._index[task]
+        if unknown == "raise":
+            bad = self.unknown(task, labels)
+            if bad:
+                raise ValueError(
+                    f"{task}: label(s) {bad[:10]} not in the vocabulary {self.names[task][:20]}"
+                )
         return torch.tensor(
             [IGNORE_INDEX if v is None else index.get(v, IGNORE_INDEX) for v in labels],
             dtype=torch.long,

@@ -22,9 +22,12 @@ class JacobianAggregation(GradientWeighting):
     parameters, one backward pass per task) and ``"rep"`` (gradients of the shared
     representation, nearly free: the weights come from that Gramian and are applied to the
     losses). Aggregators that need the Jacobian itself (Nash-MTL) need ``level="shared"``.
-    Randomised ones (PCGrad's task order) draw from a generator seeded by ``seed`` and the
-    step, so all ranks and resumed runs agree. CAGrad and Nash-MTL need torchjd's optional
+    Randomised ones (PCGrad's task order) draw from the CPU generator, seeded by ``seed`` and
+    the step inside ``fork_rng`` (so the global CPU state is left as it was and CUDA's is not
+    touched): all ranks and resumed runs agree. CAGrad and Nash-MTL need torchjd's optional
     solvers: ``pip install "torchjd[cagrad]"`` / ``"torchjd[nash_mtl]"`` (torchjd's error says so).
+    Nash-MTL keeps its state (step, previous weights, normalisation) in plain attributes, not in
+    ``state_dict``: a resumed run starts it afresh.
 
     In YAML::
 
@@ -76,8 +79,11 @@ class JacobianAggregation(GradientWeighting):
     def gramian_weights(
         self, gramian: Tensor, losses: Tensor, jacobian: Tensor | None = None
     ) -> Tensor:
+        # torchjd draws from the global CPU generator (PCGrad's torch.randperm) and takes no
+        # generator argument: seed only that one (torch.manual_seed would also reseed, and not
+        # restore, every CUDA device), and fork_rng puts its state back afterwards
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + int(self.step))
+            torch.default_generator.manual_seed(self.seed * 1_000_003 + int(self.step))
             if self.gramian_based:
                 weights = self.aggregator.gramian_weighting(gramian)
             else:

@@ -15,14 +15,23 @@ from mtl_lightning.weighting.static import weighted_sum
 def dwa_weights(last: Tensor, before_last: Tensor, temperature: float = 2.0) -> Tensor:
     """``w_k = K softmax(r / T)_k`` with ``r_k = L_k(t-1) / L_k(t-2)`` (epoch-mean losses).
 
-    A task whose loss fell less over the last epoch gets more weight.
+    A task whose loss fell less over the last epoch gets more weight. A task whose ratio is
+    not finite (no loss in one of the two epochs: NaN) gets weight 1 and the others share the
+    rest of ``K`` by the same softmax.
 
     Example:
         >>> dwa_weights(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 1.0]), temperature=1.0)
         tensor([0.7551, 1.2449])
+        >>> dwa_weights(torch.tensor([1.0, 1.0, float("nan")]), torch.tensor([2.0, 1.0, 1.0]),
+        ...             temperature=1.0)
+        tensor([0.7551, 1.2449, 1.0000])
     """
     ratio = last / before_last
-    return last.numel() * torch.softmax(ratio / temperature, dim=0)
+    known = torch.isfinite(ratio)
+    weights = torch.ones_like(ratio)
+    if bool(known.any()):
+        weights[known] = int(known.sum()) * torch.softmax(ratio[known] / temperature, dim=0)
+    return weights
 
 
 class DynamicWeightAverage(WeightingStrategy):
@@ -30,7 +39,8 @@ class DynamicWeightAverage(WeightingStrategy):
 
     Every weight is 1 for the first two epochs (no history yet). The host passes the
     epoch-mean losses reduced over DDP ranks, so every rank computes the same weights.
-    Adversarial tasks keep their static weight.
+    A task with no loss for an epoch (NaN: no labelled sample) keeps its last two losses, so
+    its rate; with fewer than two it has weight 1. Adversarial tasks keep their static weight.
 
     Args:
         temperature: Softmax temperature ``T``; larger is closer to uniform (paper: 2).
@@ -76,7 +86,11 @@ class DynamicWeightAverage(WeightingStrategy):
         if missing:
             raise KeyError(f"DynamicWeightAverage: no epoch loss for task(s) {missing}")
         latest = torch.tensor([float(epoch_losses[n]) for n in self.names]).to(self.history)
-        self.history = torch.stack([self.history[1], latest])
+        # a task without a loss this epoch (no labelled sample: NaN) keeps its last two losses,
+        # so its rate, and so about its weight, until it has a loss again
+        seen = torch.isfinite(latest)
+        before = torch.where(seen, self.history[1], self.history[0])
+        self.history = torch.stack([before, torch.where(seen, latest, self.history[1])])
         self.epochs_seen += 1
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:

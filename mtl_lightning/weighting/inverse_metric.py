@@ -15,26 +15,67 @@ from mtl_lightning.weighting.static import weighted_sum
 HIGHER_IS_BETTER = frozenset({"acc", "balanced_acc", "f1"})
 
 
+def floored_weights(raw: Tensor, total: float, floor: float) -> Tensor:
+    """Weights ``∝ raw`` summing to ``total``, none below ``floor``.
+
+    Weights that would fall below the floor are fixed at it and the others rescaled (still
+    ``∝ raw``) to keep the sum, repeatedly until none is below (at most ``K`` rounds).
+
+    Example:
+        >>> floored_weights(torch.tensor([1.0, 1e-4]), total=2.0, floor=0.05)
+        tensor([1.9500, 0.0500])
+    """
+    k = raw.numel()
+    if floor * k > total:
+        raise ValueError(f"a floor of {floor} for {k} weights exceeds their sum {total}")
+    fixed = torch.zeros(k, dtype=torch.bool, device=raw.device)
+    weights = total * raw / raw.sum()
+    for _ in range(k):
+        below = (weights < floor) & ~fixed
+        if not bool(below.any()):
+            break
+        fixed |= below
+        free = raw.masked_fill(fixed, 0.0)
+        budget = total - floor * int(fixed.sum())
+        spread = budget * free / free.sum() if bool((free > 0).any()) else free
+        weights = torch.where(fixed, torch.full_like(raw, floor), spread)
+    return weights
+
+
 def inverse_metric_weights(
-    values: Tensor, higher_is_better: bool, floor: float = 0.05, eps: float = 1e-6
+    values: Tensor,
+    higher_is_better: bool,
+    floor: float = 0.05,
+    eps: float = 1e-6,
+    previous: Tensor | None = None,
 ) -> Tensor:
     """Weights summing to ``K``: ``∝ 1 / value`` (higher-is-better) or ``∝ value`` (lower).
 
-    Each weight is then raised to at least ``floor`` (a fraction of the mean weight, 1.0)
-    and the result renormalised, so no task vanishes.
+    No weight is below ``floor`` (a fraction of the mean weight, 1.0): weights that would be
+    are fixed at the floor and the others rescaled to keep the sum ``K``, so no task vanishes.
+    A task whose value is not finite (NaN: e.g. no labelled validation sample) keeps its
+    ``previous`` weight (default 1); the others share the rest of ``K``.
 
     Example:
         >>> inverse_metric_weights(torch.tensor([0.9, 0.3]), higher_is_better=True)
         tensor([0.5000, 1.5000])
         >>> inverse_metric_weights(torch.tensor([1.0, 3.0]), higher_is_better=False)
         tensor([0.5000, 1.5000])
+        >>> inverse_metric_weights(torch.tensor([0.9, 0.3, float("nan")]), higher_is_better=True)
+        tensor([0.5000, 1.5000, 1.0000])
     """
     k = values.numel()
-    raw = 1.0 / values.clamp_min(eps) if higher_is_better else values.clamp_min(eps)
-    weights = k * raw / raw.sum()
-    if floor > 0:
-        weights = weights.clamp_min(floor)
-        weights = k * weights / weights.sum()
+    previous = torch.ones(k) if previous is None else previous.to(torch.float32).clone()
+    weights = previous.to(values.device, torch.float32)
+    known = torch.isfinite(values)
+    if not bool(known.any()):
+        return weights
+    v = values[known].float()
+    raw = 1.0 / v.clamp_min(eps) if higher_is_better else v.clamp_min(eps)
+    budget = k - float(weights[~known].sum())
+    # previous weights are never below the floor, so the known tasks' share covers theirs
+    floor = min(floor, budget / int(known.sum()))
+    weights[known] = floored_weights(raw, budget, floor) if floor > 0 else budget * raw / raw.sum()
     return weights
 
 
@@ -43,9 +84,11 @@ class InverseMetricWeighting(WeightingStrategy):
 
     A task that is already good gets less weight: ``w_k ∝ 1 / metric_k`` for higher-is-better
     metrics (accuracy), ``w_k ∝ metric_k`` for lower-is-better ones (loss, mse). The new
-    weights are normalised to sum to the number of weighted tasks, floored, and blended with
-    the old ones: ``w ← smoothing * w_old + (1 - smoothing) * w_new``. Before the first
-    validation every task has weight 1. Adversarial tasks keep their static weight.
+    weights are normalised to sum to the number of weighted tasks, floored (none below
+    ``floor``; the others rescaled to keep the sum), and blended with the old ones:
+    ``w ← smoothing * w_old + (1 - smoothing) * w_new``. Before the first validation every
+    task has weight 1. A task whose value is NaN (e.g. a regression task without labelled
+    validation samples) keeps its weight. Adversarial tasks keep their static weight.
 
     Args:
         metric: Metric key for classification tasks (``acc``, ``balanced_acc``, ``f1``, ``loss``).
@@ -118,7 +161,10 @@ class InverseMetricWeighting(WeightingStrategy):
                 )
             values.append(float(metrics[name][key]))
         higher = self.task_keys[self.names[0]] in HIGHER_IS_BETTER
-        new = inverse_metric_weights(torch.tensor(values), higher, self.floor)
+        # a task without a finite value (no labelled validation sample) keeps its weight
+        new = inverse_metric_weights(
+            torch.tensor(values), higher, self.floor, previous=self.weights
+        )
         self.weights = self.smoothing * self.weights + (1 - self.smoothing) * new.to(self.weights)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:

@@ -92,3 +92,48 @@ def test_lookahead_leaves_parameters_buffers_optimizer_and_rng_bit_identical():
             assert torch.equal(t, opt_state[k][n])
     assert torch.equal(torch.get_rng_state(), rng)
     assert model.training
+
+
+def test_missing_regression_labels_are_left_out_hand_computed():
+    # the opposed case above, with a second sample whose 'a' label is missing (NaN): a's loss is
+    # over sample 0 only, b's over both (identical) samples, so the matrix is the one above
+    model, batch = scalar_model({"a": 3.0, "b": -1.0})
+    batch["features"] = torch.ones(2, 1)
+    batch["targets"] = {"a": torch.tensor([[3.0], [float("nan")]]), "b": torch.tensor([[-1.0]] * 2)}
+    z, cos = TaskAffinity().measure(model, batch, lr=0.25)
+    expected = torch.tensor([[1 - 1 / 4, 1 - 9 / 4], [1 - 9 / 4, 1 - 1 / 4]])
+    torch.testing.assert_close(z, expected)
+    torch.testing.assert_close(cos, torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+
+
+def test_task_without_labels_in_the_batch_gives_unmeasured_pairs():
+    model, batch = scalar_model({"a": 3.0, "b": 2.0, "c": 0.0})
+    batch["targets"]["c"] = torch.tensor([[float("nan")]])
+    z, cos, measured = TaskAffinity().measure_pairs(model, batch, lr=0.25)
+    assert measured.tolist() == [[True, True, False], [True, True, False], [False, False, False]]
+    expected = torch.tensor([[1 - 1 / 4, 1 - 0 / 1], [1 - 2.25 / 4, 1 - 0.25 / 1]])
+    torch.testing.assert_close(z[:2, :2], expected)  # the a/b pairs are unaffected by c
+    masked, _ = TaskAffinity().measure(model, batch, lr=0.25)
+    assert masked[:, 2].isnan().all() and masked[2].isnan().all()
+
+
+def test_conditional_task_ignores_labels_outside_its_condition():
+    torch.manual_seed(0)
+    tasks = [TaskSpec("seed", 2), TaskSpec("grade", 3, only_when={"seed": [1]}), TaskSpec("c", 2)]
+    model = MultiTaskModule(tasks, trunk=DenseTrunk(6, divisors=(1,), dropout=0.0), head_hidden=0)
+    seed = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
+    batch = {
+        "features": torch.randn(8, 6),
+        "targets": {
+            "seed": seed,
+            "grade": torch.randint(0, 3, (8,)),
+            "c": torch.randint(0, 2, (8,)),
+        },
+    }
+    z, cos = TaskAffinity().measure(model, batch, lr=0.5)
+    # other (valid) grade labels on the samples that are not seeds must change nothing
+    other = {**batch["targets"], "grade": torch.where(seed == 1, batch["targets"]["grade"], 2)}
+    z2, cos2 = TaskAffinity().measure(model, {**batch, "targets": other}, lr=0.5)
+    assert torch.isfinite(z).all()
+    torch.testing.assert_close(z2, z, rtol=0, atol=0)
+    torch.testing.assert_close(cos2, cos, rtol=0, atol=0)

@@ -70,3 +70,35 @@ def test_state_dict_round_trip_keeps_the_epoch_accumulators():
     assert target.tasks == ["a", "b"] and target._count == 3
     assert torch.equal(target._sum, source._sum) and torch.equal(target._cos_sum, source._cos_sum)
     assert target.history == source.history
+
+
+def test_batches_without_labels_for_a_task_are_left_out_of_its_epoch_mean(tmp_path):
+    # t2 is labelled on one training sample only: 3 of the 4 batches have no t2 label. Its pairs
+    # are averaged over the one batch that has it, the others over all 4, and nothing is NaN.
+    pl.seed_everything(0, verbose=False)
+    dm = SyntheticTabularDataModule(n_train=32, n_eval=16, batch_size=8)
+    dm.setup()
+    dm.train_set.targets["t2"][1:] = -100
+    model = MultiTaskModule(dm.tasks, trunk=DenseTrunk(120, dropout=0.0), head_hidden=8)
+    callback = TaskAffinity(every_n_steps=1)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="partial"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=1,
+        callbacks=[callback],
+    )
+    trainer.fit(model, datamodule=dm)
+    (epoch,) = json.loads((tmp_path / "partial" / "version_0" / "affinity.json").read_text())[
+        "epochs"
+    ]
+    assert epoch["measurements"] == 4
+    z = torch.tensor(epoch["affinity"])
+    assert torch.isfinite(z).all() and torch.isfinite(torch.tensor(epoch["cosine"])).all()
+    expected = torch.full((5, 5), 4)
+    expected[1, :] = expected[:, 1] = 1
+    assert torch.equal(torch.tensor(epoch["pair_measurements"]), expected)
+    assert float(trainer.callback_metrics["affinity/t1_to_t2"]) == epoch["affinity"][0][1]

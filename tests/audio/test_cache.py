@@ -1,9 +1,11 @@
-"""Cache hits skip recomputation; a crash's leftover temp file does not poison the cache."""
+"""Cache hits skip recomputation; an interrupted write leaves neither a half entry nor its temp file."""
 
+import io
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mtl_lightning.audio.cache import _HOST, FeatureCache
@@ -25,16 +27,29 @@ def test_second_run_does_not_recompute(tmp_path):
     assert len(calls) == 2  # other parameters -> other key
 
 
-def test_rebuild_after_simulated_crash(tmp_path):
+def test_a_write_interrupted_mid_entry_leaves_no_entry_and_no_temp_file(tmp_path, monkeypatch):
     src = tmp_path / "a.wav"
     src.write_bytes(b"abc")
     cache = FeatureCache(tmp_path / "c", {})
     target = cache.path_for(src)
-    target.parent.mkdir(parents=True)
-    (target.parent / "zzzz.tmp").write_bytes(b"partial torch.save")  # killed mid-write
-    out = cache.get_or_compute(src, lambda p: torch.ones(2))
-    assert out.tolist() == [1.0, 1.0] and target.is_file()
-    assert torch.load(target, weights_only=True).tolist() == [1.0, 1.0]
+    real_save = torch.save
+
+    def interrupted(obj, f, *args, **kwargs):  # half the bytes reach the disk, then a Ctrl-C
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_compute(src, lambda p: torch.ones(2))
+    # neither a half entry under the real name nor the temp file it was written to remain
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    monkeypatch.setattr(torch, "save", real_save)
+    assert cache.load(src) is None
+    assert cache.get_or_compute(src, lambda p: torch.zeros(2)).tolist() == [0.0, 0.0]
+    assert torch.load(target, weights_only=True).tolist() == [0.0, 0.0]
 
 
 def test_damaged_entry_is_recomputed(tmp_path):

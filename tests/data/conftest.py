@@ -1,4 +1,4 @@
-"""A tiny generated corpus (WAV and FLAC, 16 and 22.05 kHz, some stereo) shared by a module."""
+"""A tiny generated corpus (WAV and FLAC, each at 16 and 22.05 kHz, some stereo) shared by a module."""
 
 from __future__ import annotations
 

@@ -73,14 +73,20 @@ def test_features_are_decoded_mixed_down_and_resampled(corpus, tmp_path):
         path = corpus.parent / rows[row]["path"]
         info = sf.info(str(path))
         kinds.add((path.suffix, info.samplerate, info.channels))
-        seconds = info.frames / info.samplerate
+        waveform = load_audio(path, 16000)
+        assert abs(waveform.shape[0] - info.frames * 16000 / info.samplerate) <= 1  # resampled
         x = dm.datasets["all"].features[k]
-        assert x.shape[0] == 32 and x.shape[1] == int(seconds * 16000) // 160 + 1
-        expected = log_mel_spectrogram(torch.from_numpy(load_audio(path, 16000)), 16000, n_mels=32)
+        assert x.shape == (32, waveform.shape[0] // 160 + 1)
+        expected = log_mel_spectrogram(torch.from_numpy(waveform), 16000, n_mels=32)
         torch.testing.assert_close(x, expected)
-    # WAV and FLAC, at 16 kHz (no resampling) and 22.05 kHz (soxr), mono and stereo
-    assert {s for s, _, _ in kinds} == {".wav", ".flac"}
-    assert {r for _, r, _ in kinds} == {16000, 22050} and {c for *_, c in kinds} == {1, 2}
+    # WAV and FLAC, each at 16 kHz (no resampling) and at 22.05 kHz (soxr), mono and stereo
+    assert {(s, r) for s, r, _ in kinds} == {
+        (".wav", 16000),
+        (".wav", 22050),
+        (".flac", 16000),
+        (".flac", 22050),
+    }
+    assert {c for *_, c in kinds} == {1, 2}
 
 
 def test_stereo_is_mixed_down_and_22k_resampled_to_16k(tmp_path):

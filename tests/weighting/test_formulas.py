@@ -96,8 +96,66 @@ def test_inverse_accuracy_weights_from_known_accuracies():
 
 def test_inverse_metric_floor_keeps_every_task():
     w = inverse_metric_weights(torch.tensor([1.0, 1e-4]), higher_is_better=True, floor=0.2)
-    assert float(w.min()) > 0.15
+    assert float(w.min()) >= 0.2
     assert float(w.sum()) == pytest.approx(2.0)
+    # lower-is-better: raw (1.9998, 0.0002); the floored task is fixed at the floor, the other
+    # takes the rest of K (a clamp followed by renormalising gave 0.0488 < 0.05)
+    w = inverse_metric_weights(torch.tensor([1.0, 1e-4]), higher_is_better=False, floor=0.05)
+    assert float(w.min()) >= 0.05
+    assert w.tolist() == pytest.approx([1.95, 0.05])
+    # two floored tasks of three; the unfloored ones keep their ratio
+    w = inverse_metric_weights(torch.tensor([1.0, 0.5, 1e-3, 1e-4]), False, floor=0.1)
+    assert float(w.min()) >= 0.1 - 1e-7
+    assert float(w.sum()) == pytest.approx(4.0)
+    assert float(w[0] / w[1]) == pytest.approx(2.0)
+    assert w[2:].tolist() == pytest.approx([0.1, 0.1])
+
+
+def test_inverse_metric_nan_value_keeps_the_task_weight():
+    # e.g. a regression task without labelled validation samples: its mse is NaN
+    w = inverse_metric_weights(torch.tensor([0.9, 0.3, math.nan]), higher_is_better=True)
+    assert w.tolist() == pytest.approx([0.5, 1.5, 1.0])
+    previous = torch.tensor([0.5, 0.7, 1.8])
+    w = inverse_metric_weights(torch.tensor([0.9, 0.3, math.nan]), True, previous=previous)
+    # the NaN task keeps 1.8; the others share 3 - 1.8 = 1.2 as 1/0.9 : 1/0.3 = 1 : 3
+    assert w.tolist() == pytest.approx([0.3, 0.9, 1.8])
+    s = InverseMetricWeighting(metric="acc", regression_metric="mse", smoothing=0.5)
+    s.setup(TASKS3)
+    s.on_validation_end({"a": {"acc": 0.9}, "b": {"acc": 0.3}, "c": {"acc": 0.6}})
+    before = s.current_weights()
+    s.on_validation_end({"a": {"acc": 0.9}, "b": {"acc": 0.3}, "c": {"acc": math.nan}})
+    after = s.current_weights()
+    assert all(math.isfinite(v) for v in after.values())
+    assert after["c"] == pytest.approx(before["c"], abs=1e-6)
+    assert sum(after.values()) == pytest.approx(3.0, abs=1e-5)
+    s.on_validation_end({n: {"acc": math.nan} for n in "abc"})
+    assert s.current_weights() == after
+
+
+def test_dwa_with_a_task_unlabelled_for_an_epoch_stays_finite():
+    # no labelled sample of c in an epoch: its epoch-mean loss is NaN
+    assert dwa_weights(
+        torch.tensor([1.0, 1.0, math.nan]), torch.tensor([2.0, 1.0, 1.0]), 1.0
+    ).tolist() == pytest.approx([0.755081, 1.244919, 1.0], abs=1e-6)
+    d = DynamicWeightAverage(temperature=2.0)
+    d.setup(TASKS3)
+    d.on_train_epoch_end({"a": 1.0, "b": 2.0, "c": 4.0})
+    d.on_train_epoch_end({"a": 0.5, "b": 2.0, "c": 1.0})
+    known = d.current_weights()
+    d.on_train_epoch_end({"a": 0.5, "b": 1.0, "c": math.nan})
+    got = d.current_weights()
+    assert all(math.isfinite(v) for v in got.values())
+    assert sum(got.values()) == pytest.approx(3.0, abs=1e-5)
+    # c keeps its last rate (1.0 / 4.0); a and b move on to (0.5/0.5, 1.0/2.0)
+    e = [math.exp(1.0 / 2), math.exp(0.5 / 2), math.exp(0.25 / 2)]
+    assert list(got.values()) == pytest.approx([3 * x / sum(e) for x in e], abs=1e-6)
+    assert got != known
+    # a task without a loss in its first epochs has weight 1 until it has two
+    d = DynamicWeightAverage(temperature=1.0)
+    d.setup(TASKS3)
+    d.on_train_epoch_end({"a": 2.0, "b": 1.0, "c": math.nan})
+    d.on_train_epoch_end({"a": 1.0, "b": 1.0, "c": 3.0})
+    assert d.current_weights() == pytest.approx({"a": 0.755081, "b": 1.244919, "c": 1.0})
 
 
 def test_inverse_metric_lower_is_better_and_missing_metric_error():
@@ -119,6 +177,33 @@ def test_pcgrad_on_two_conflicting_gradients():
     torch.testing.assert_close(w @ jac, torch.tensor([0.5, 1.5]))
     torch.testing.assert_close(w, torch.tensor([2.0, 1.5]))
     torch.testing.assert_close(PCGrad()(jac), torch.tensor([0.5, 1.5]))  # torchjd agrees
+
+
+def test_pcgrad_seeding_leaves_global_rng_alone_and_is_reproducible_per_step(monkeypatch):
+    # three tasks with pairwise conflicts: PCGrad's result depends on its random task order
+    jac = torch.tensor([[1.0, 0.0, 0.2], [-0.8, 1.0, 0.0], [0.1, -0.9, 1.0]])
+    gramian = jac @ jac.T
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    torch.manual_seed(123)
+    reseeded.clear()
+    state = torch.get_rng_state()
+    first = JacobianAggregation(PCGrad(), seed=7)
+    first.setup(TASKS3)
+    seen = [first.gramian_weights(gramian, torch.ones(3)) for _ in range(8)]
+    assert torch.equal(torch.get_rng_state(), state)  # the global CPU generator is restored
+    assert reseeded == []  # and no accelerator generator is reseeded (nor left reseeded)
+    assert len({tuple(w.tolist()) for w in seen}) > 1  # the order does change with the step
+    torch.rand(5)  # whatever the global generator did in between
+    again = JacobianAggregation(PCGrad(), seed=7)
+    again.setup(TASKS3)
+    for expected in seen:
+        torch.testing.assert_close(again.gramian_weights(gramian, torch.ones(3)), expected)
+    resumed = JacobianAggregation(PCGrad(), seed=7)
+    resumed.load_state_dict(first.state_dict())
+    resumed.step.fill_(3)
+    torch.testing.assert_close(resumed.gramian_weights(gramian, torch.ones(3)), seen[3])
 
 
 def test_aggregation_weights_reproduce_torchjd_aggregators():
