@@ -125,7 +125,7 @@ def run(tiny: bool = False) -> list[dict[str, object]]:
         data = SyntheticSpeechDataModule(per_pair=2, per_pair_eval=1, n_mels=16, frames=16)
         result = measure(steps=2, trials=1, data=data)
     else:
-        result = measure(steps=40, trials=5)
+        result = measure(steps=40, trials=9)
     base = result["hand"]
     return [
         {

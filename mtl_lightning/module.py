@@ -475,7 +475,7 @@ class MultiTaskModule(pl.LightningModule):
         strategy = self.weighting
         assert isinstance(strategy, GradientWeighting)
         step = self.forward_losses(batch, batch_idx)
-        self._batch_idx = batch_idx
+        self._batch_idx, self._last_batch = batch_idx, batch
         if self._nonfinite_losses(step.losses, batch_idx):
             return None
         scale = self._loss_scale()
@@ -514,16 +514,7 @@ class MultiTaskModule(pl.LightningModule):
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 return None
-            where = f"step {self.global_step}, batch {batch_idx}"
-            if self.nonfinite == "raise":
-                raise NonFiniteError(
-                    f"{where}: non-finite {what} although every task loss was finite; "
-                    "set model.nonfinite='skip' to skip such steps"
-                )
-            for p in self.parameters():
-                p.grad = None
-            self.skipped_steps += 1
-            warnings.warn(f"{where}: skipped, non-finite {what}", stacklevel=3)
+            self._nonfinite_policy(what)
             return None
 
         def culprits(per_task: Tensor, heads_bad: bool, adversaries_bad: bool) -> str:
@@ -727,18 +718,24 @@ class MultiTaskModule(pl.LightningModule):
         culprits = (
             "task(s) " + ", ".join(map(repr, tasks)) if tasks else "task(s) on another DDP rank"
         )
-        where = f"step {self.global_step}, batch {self._batch_idx}"
         params = f"{names[:5]}{' ...' if len(names) > 5 else ''}"
+        self._nonfinite_policy(f"gradient from {culprits} in {params}")
+        return True
+
+    def _nonfinite_policy(self, what: str) -> None:
+        """A non-finite ``what`` although every loss was finite: raise :class:`NonFiniteError`
+        (``nonfinite="raise"``), or drop every gradient (optimizers skip parameters without
+        one), count the skipped step and warn."""
+        where = f"step {self.global_step}, batch {self._batch_idx}"
         if self.nonfinite == "raise":
             raise NonFiniteError(
-                f"{where}: non-finite gradient from {culprits} in {params} although every task "
-                "loss was finite; set model.nonfinite='skip' to skip such steps"
+                f"{where}: non-finite {what} although every task loss was finite; "
+                "set model.nonfinite='skip' to skip such steps"
             )
         for p in self.parameters():
-            p.grad = None  # optimizers skip parameters without a gradient
+            p.grad = None
         self.skipped_steps += 1
-        warnings.warn(f"{where}: skipped, non-finite gradient from {culprits}", stacklevel=2)
-        return True
+        warnings.warn(f"{where}: skipped, non-finite {what}", stacklevel=3)
 
     def _tasks_with_nonfinite_gradients(self) -> list[str]:
         """The tasks whose own gradient on the last training batch is not finite.

@@ -70,8 +70,10 @@ def check_batch(
             f"batch {batch_idx}: no labels for declared task(s) {missing}; "
             f"the batch has labels for {sorted(targets)}"
         )
-    finite = torch.isfinite(features)
-    if not bool(finite.all()):
+    # one reduction on the fast path: a finite sum means every element is finite (NaN/inf
+    # propagate); only a non-finite sum (possibly a finite overflow) needs the elementwise test
+    finite = torch.isfinite(features) if not bool(torch.isfinite(features.sum())) else None
+    if finite is not None and not bool(finite.all()):
         bad = (~finite).reshape(features.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
         kinds = []
         if bool(torch.isnan(features).any()):

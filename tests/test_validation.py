@@ -113,3 +113,14 @@ def test_bad_label_stops_a_real_fit_with_the_error(tmp_path):
         match=r"batch 1, task 'emotion': labels must be in \[0, 5\); found 9 at sample\(s\) \[2\]",
     ):
         trainer.fit(model, BadData())
+
+
+def test_large_finite_features_whose_sum_overflows_pass_and_nan_among_them_is_found():
+    from mtl_lightning.validation import check_batch
+
+    tasks = [TaskSpec("a", 2)]
+    big = torch.full((4, 3), 3e38)  # finite, but their float32 sum is inf
+    check_batch(big, {"a": torch.tensor([0, 1, 0, 1])}, tasks)
+    big[2, 1] = float("nan")
+    with pytest.raises(BatchError, match=r"features contain NaN at sample\(s\) \[2\]"):
+        check_batch(big, {"a": torch.tensor([0, 1, 0, 1])}, tasks)

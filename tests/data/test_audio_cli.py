@@ -3,12 +3,13 @@ with other manifests (a class missing, no labels at all, an unknown label)."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from _manifest_io import read_rows as _rows
+from _manifest_io import write_rows as _write
 
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.audio.synthetic_corpus import CorpusSpec, write_corpus
@@ -40,19 +41,6 @@ def _args(manifest: Path, logs: Path, *extra: str) -> list[str]:
         "false",
         *extra,
     ]
-
-
-def _rows(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write(manifest: Path, rows: list[dict[str, str]], columns: list[str] | None = None) -> Path:
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns or list(rows[0]), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import sys
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from _manifest_io import read_rows as _rows
+from _manifest_io import write_rows as _write
 
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.audio import load_audio, log_mel_spectrogram
@@ -31,19 +32,6 @@ def _dm(manifest: Path, cache: Path | None = None, **kwargs) -> AudioFeatureData
 
 def _shared(corpus: Path) -> Path:
     return corpus.parent / ".feature_cache"
-
-
-def _rows(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write(manifest: Path, rows: list[dict[str, str]]) -> Path:
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
 
 
 def test_tasks_and_vocab_come_from_the_manifest(corpus, tmp_path):

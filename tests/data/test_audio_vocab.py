@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 
 import pytest
+from _manifest_io import read_rows as _rows
+from _manifest_io import write_rows as _write
 
 from mtl_lightning.data import AudioFeatureDataModule
-
-
-def _rows(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write(manifest: Path, rows: list[dict[str, str]]) -> Path:
-    with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
 
 
 def _args(corpus: Path, **kwargs) -> dict:
