@@ -4,6 +4,12 @@ An adversary at chance during training does not prove the representation is free
 attribute (Elazar & Goldberg, 2018): the trunk may only have fooled that one head. A probe trains
 new classifiers (linear and a small MLP) on the frozen embeddings of the training split and
 reports their balanced accuracy on the validation split with a bootstrap confidence interval.
+
+Balanced accuracy here is macro recall over the classes *present in the held-out targets*
+(sklearn's ``balanced_accuracy_score``): a class with no held-out sample has no recall, even if
+the probe predicts it, so chance is ``1 / (number of classes present)``, the ``chance`` reported.
+(The training metrics follow torchmetrics instead, where a predicted but absent class counts as a
+recall of 0; on a validation split missing classes that would put a blind probe below chance.)
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from mtl_lightning.metrics.confusion import balanced_accuracy_batched, confusion_counts
+from mtl_lightning.metrics.confusion import confusion_counts
 from mtl_lightning.summary import update_summary
 
 
 @dataclass
 class ProbeResult:
-    """Held-out balanced accuracy of one probe, with a bootstrap interval and chance level."""
+    """Held-out balanced accuracy of one probe, with a bootstrap interval and chance level.
+
+    ``chance`` is ``1 / classes_present``: the classes present in the held-out targets.
+    """
 
     task: str
     probe: str
@@ -35,6 +44,7 @@ class ProbeResult:
     ci_low: float
     ci_high: float
     chance: float
+    classes_present: int
 
     @property
     def verdict(self) -> str:
@@ -50,10 +60,32 @@ def _probe_model(kind: str, width: int, num_classes: int) -> nn.Module:
     raise ValueError(f"unknown probe {kind!r}; use 'linear' or 'mlp'")
 
 
+def balanced_accuracy_present(confmats: Tensor) -> Tensor:
+    """Macro recall over the classes present in the targets (rows with samples) of each
+    ``[..., K, K]`` confusion matrix (row: target), in float64; 0 for an empty matrix.
+
+    A class absent from the targets is left out even when it is predicted, as in sklearn's
+    ``balanced_accuracy_score``; so a constant prediction scores ``1 / K_present``.
+
+    Example:
+        >>> # targets 0, 0, 1, 1 predicted 0, 2, 1, 1: recalls 1/2 and 1; class 2 has no sample
+        >>> balanced_accuracy_present(torch.tensor([[1, 0, 1], [0, 2, 0], [0, 0, 0]]))
+        tensor(0.7500, dtype=torch.float64)
+    """
+    support = confmats.sum(dim=-1).double()
+    present = support > 0
+    recall = confmats.diagonal(dim1=-2, dim2=-1).double() / support.clamp_min(1.0)
+    count = present.sum(dim=-1)
+    return (recall * present).sum(dim=-1) / count.clamp_min(1)
+
+
 def bootstrap_balanced_accuracy(
     preds: Tensor, target: Tensor, num_classes: int, n_boot: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
     """Balanced accuracy and its 95% percentile-bootstrap interval over resampled samples.
+
+    Each figure (the point estimate and every resample's) is
+    :func:`balanced_accuracy_present` of its own targets.
 
     Example:
         >>> y = torch.arange(4).repeat(25)
@@ -63,13 +95,13 @@ def bootstrap_balanced_accuracy(
     """
     k = num_classes
     cells = (target.reshape(-1).long() * k + preds.reshape(-1).long()).cpu()
-    point = float(balanced_accuracy_batched(confusion_counts(preds.cpu(), target.cpu(), k)))
+    point = float(balanced_accuracy_present(confusion_counts(preds.cpu(), target.cpu(), k)))
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, cells.numel(), (n_boot, cells.numel()), generator=g)
     # one confusion matrix per resample, in one bincount
     flat = (torch.arange(n_boot)[:, None] * (k * k) + cells[idx]).flatten()
     confmats = torch.bincount(flat, minlength=n_boot * k * k).view(n_boot, k, k)
-    stats = balanced_accuracy_batched(confmats)
+    stats = balanced_accuracy_present(confmats)
     low, high = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=stats.dtype)).tolist()
     return point, low, high
 
@@ -116,12 +148,20 @@ def probe_embeddings(
     kinds: Sequence[str] = ("linear", "mlp"),
     n_boot: int = 1000,
 ) -> list[ProbeResult]:
-    """Probe one task with each kind of classifier."""
+    """Probe one task with each kind of classifier.
+
+    Balanced accuracy is macro recall over the classes present in ``val_y``, and chance is
+    ``1 / (number of those classes)`` (not ``1 / num_classes`` when the held-out split lacks
+    some classes).
+    """
+    present = int(torch.unique(val_y).numel())
+    if present == 0:
+        raise ValueError(f"task {task!r}: no labelled held-out samples to probe")
     results = []
     for kind in kinds:
         preds = fit_probe(train_z, train_y, val_z, val_y, num_classes, kind)
         acc, low, high = bootstrap_balanced_accuracy(preds, val_y, num_classes, n_boot)
-        results.append(ProbeResult(task, kind, acc, low, high, 1.0 / num_classes))
+        results.append(ProbeResult(task, kind, acc, low, high, 1.0 / present, present))
     return results
 
 

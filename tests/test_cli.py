@@ -135,3 +135,22 @@ def test_config_typo_is_a_clear_error(in_tmp, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--data.class_path", "mtl_lightning.data.SynteticSpeechDataModule"])
     assert "SynteticSpeechDataModule" in capsys.readouterr().err
+
+
+def test_class_path_typo_in_a_config_file_is_a_clear_error(in_tmp, capsys):
+    """The typo lives only in the YAML file (the command line names just the file), and the
+    error names both the key and the bad class path; nothing is trained."""
+    config = yaml.safe_load((ROOT / "configs" / "speaker_baseline.yaml").read_text())
+    assert config["model"]["trunk"]["class_path"] == "mtl_lightning.nn.CNNTrunk"
+    config["model"]["trunk"]["class_path"] = "mtl_lightning.nn.CNNTrunkk"
+    (in_tmp / "run.yaml").write_text(yaml.safe_dump(config))
+    argv = ["fit", "--config", "run.yaml"]
+    assert not any("Trunkk" in a for a in argv)
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err
+    assert 'Parser key "model.trunk"' in err, err
+    assert "Problem with given class_path 'mtl_lightning.nn.CNNTrunkk'" in err, err
+    assert "has no attribute 'CNNTrunkk'" in err, err
+    assert not (in_tmp / "lightning_logs").exists()

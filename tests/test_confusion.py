@@ -71,3 +71,47 @@ def test_total_adds_lambda_times_confusion():
 def test_confusion_needs_classification():
     with pytest.raises(ValueError, match="confusion adversary needs classification"):
         TaskSpec("age", 1, kind="regression", role="adversarial", adversary="confusion")
+
+
+@pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
+def test_confusion_gradient_matches_the_hand_derived_closed_form():
+    """d/dz of mean_n CE(softmax(z_n), uniform over K) is (softmax(z) - 1/K) / N (the constant
+    -log K does not change it); the trunk objective is lambda * weight * that loss, and with a
+    linear head z = e W^T + b the embedding receives (lambda * weight * dL/dz) @ W."""
+    torch.manual_seed(0)
+    n, k, width, lam, weight = 5, 4, 8, 0.3, 0.5
+    tasks = [
+        TaskSpec("emotion", 3),
+        TaskSpec("speaker", k, role="adversarial", adversary="confusion", weight=weight),
+    ]
+    model = MultiTaskModule(
+        tasks, trunk=CNNTrunk(channels=(4, 4, 4), out_features=width), head_hidden=0
+    ).eval()
+    model.grl_lambda = lam
+    head = model.heads["speaker"].net
+    assert isinstance(head, torch.nn.Linear)
+    captured = []
+
+    def keep_logits(module, inputs, output):
+        output.retain_grad()
+        captured.append(output)
+
+    handle = head.register_forward_hook(keep_logits)
+    embedding = torch.randn(n, width, requires_grad=True)
+    total = model.confusion_total(embedding, "val", n)  # no trainer: its self.log is a no-op
+    handle.remove()
+    total.backward()
+
+    [logits] = captured
+    with torch.no_grad():
+        z = embedding @ head.weight.T + head.bias
+        p = z.exp() / z.exp().sum(-1, keepdim=True)
+        expected_logits_grad = lam * weight * (p - 1.0 / k) / n
+    torch.testing.assert_close(logits.detach(), z)
+    torch.testing.assert_close(logits.grad, expected_logits_grad)
+    torch.testing.assert_close(embedding.grad, expected_logits_grad @ head.weight.detach())
+    # the loss value itself: lambda * weight * (-mean log p - log K)
+    expected_value = lam * weight * (-p.log().mean() - math.log(k))
+    torch.testing.assert_close(total.detach(), expected_value)
+    # the head learns nothing from the confusion term
+    assert all(p.grad is None for p in model.heads["speaker"].parameters())

@@ -21,8 +21,9 @@ class LeakageProbe(pl.Callback):
     """Run the ``probe`` subcommand's measurement when ``fit`` ends, on the trained model.
 
     Fresh linear and MLP classifiers are trained on the frozen shared representation of the
-    whole training split and scored on the whole validation split (balanced accuracy, 95%
-    bootstrap interval, chance ``1/K``); see :mod:`mtl_lightning.probe`. The result is printed,
+    whole training split and scored on the whole validation split (balanced accuracy over the
+    classes present in the validation targets, 95% bootstrap interval, chance
+    ``1 / classes present``); see :mod:`mtl_lightning.probe`. The result is printed,
     written to ``summary.json``'s ``probe`` section in the run directory and logged to
     TensorBoard as ``probe/{task}/{linear|mlp}/balanced_acc|ci_low|ci_high|chance``.
 

@@ -6,7 +6,7 @@ import json
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -92,12 +92,22 @@ class AudioFeatureDataModule(MultiTaskDataModule):
     are left out with a warning that counts and lists them. Empty cells of ``partial_tasks``
     mean "label missing" (``-100``).
 
+    Conditional tasks (``conditions``): ``{"quality": {"seed": ["yes"]}}`` grades ``quality``
+    only on rows whose ``seed`` cell is ``yes``; the declared ``TaskSpec`` carries
+    ``only_when={"seed": [index of "yes"]}``. On the other rows (``seed`` empty included) the
+    ``quality`` cell is ignored, whatever it holds: empty, or a placeholder such as ``n/a`` or
+    ``0``, it becomes ``-100`` and is not a class of the task. Where the condition holds the
+    label is required, as for any task (unless ``quality`` is also a partial task).
+
     Args:
         manifest: CSV file.
         label_columns: One classification task per column, in this order.
         adversarial: Tasks trained adversarially (e.g. ``[speaker]``); the rest are main tasks.
         adversary: ``reversal`` or ``confusion`` for the adversarial tasks.
         partial_tasks: Tasks whose empty cells are missing labels rather than errors.
+        conditions: Conditional tasks, ``{task: {other_task: [label names of other_task]}}``
+            (names as written in the CSV): ``task`` is scored only on rows where
+            ``other_task`` has one of those labels; its cells elsewhere are ignored.
         audio_root: Folder the paths are relative to (default: the manifest's folder).
         path_column: Column of file paths.
         speaker_column: Column of speaker ids (speaker-disjoint split, per-speaker statistics).
@@ -152,6 +162,7 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         adversarial: Sequence[str] = (),
         adversary: AdversaryKind = "reversal",
         partial_tasks: Sequence[str] = (),
+        conditions: dict[str, dict[str, list[str]]] | None = None,
         audio_root: str | None = None,
         path_column: str = "path",
         speaker_column: str = "speaker",
@@ -189,6 +200,7 @@ class AudioFeatureDataModule(MultiTaskDataModule):
                 f"label_columns {label_columns} must be non-empty and include every adversarial "
                 f"and partial task; unknown: {unknown}"
             )
+        self.conditions = self._check_conditions(conditions, label_columns)
         if split not in ("stratified", "speaker_disjoint", "manifest"):
             raise ValueError(f"split must be stratified, speaker_disjoint or manifest: {split!r}")
         if split == "stratified" and not set(label_columns) - set(adversarial):
@@ -219,6 +231,57 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         if restore_from is not None:
             self._restored = self._checkpoint_state(restore_from)
 
+    @staticmethod
+    def _check_conditions(
+        conditions: Mapping[str, Mapping[str, Sequence[str]]] | None, label_columns: list[str]
+    ) -> dict[str, tuple[str, list[str]]]:
+        """``{task: (other_task, [label names])}``, or a ``ValueError`` naming what is wrong."""
+        checked = {}
+        for task, cond in (conditions or {}).items():
+            if task not in label_columns:
+                raise ValueError(
+                    f"conditions: unknown task {task!r}; the tasks are label_columns {label_columns}"
+                )
+            if not isinstance(cond, Mapping) or len(cond) != 1:
+                raise ValueError(
+                    f"conditions[{task!r}] must name exactly one other task and its labels, "
+                    f"e.g. {{'seed': ['yes']}}; got {cond!r}"
+                )
+            ((other, names),) = cond.items()
+            if other == task:
+                raise ValueError(f"conditions[{task!r}]: a task cannot be conditioned on itself")
+            if other not in label_columns:
+                raise ValueError(
+                    f"conditions[{task!r}]: unknown task {other!r}; the tasks are label_columns "
+                    f"{label_columns}"
+                )
+            if (
+                isinstance(names, (str, bytes))
+                or not names
+                or not all(isinstance(n, str) and n.strip() for n in names)
+            ):
+                raise ValueError(
+                    f"conditions[{task!r}][{other!r}] must be a non-empty list of {other} label "
+                    f"names as written in the CSV (quote ones YAML reads as booleans or numbers, "
+                    f'e.g. "yes"); got {names!r}'
+                )
+            checked[task] = (other, [n.strip() for n in names])
+        return checked
+
+    def _only_when(self, task: str) -> dict[str, list[int]] | None:
+        """``TaskSpec.only_when`` of ``task``: its condition's label names as vocabulary indices."""
+        if task not in self.conditions:
+            return None
+        other, names = self.conditions[task]
+        known = self.vocab.names.get(other, [])
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"conditions[{task!r}][{other!r}]: label(s) {unknown} are not in the vocabulary "
+                f"of task {other!r}: {known[:20]}"
+            )
+        return {other: [known.index(n) for n in names]}
+
     # ------------------------------------------------------------------ manifest
     @property
     def vocab(self) -> LabelVocab:
@@ -237,11 +300,28 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         for name in self.label_columns:
             if name not in self.vocab.names:
                 raise ValueError(f"task {name!r} is not in the vocabulary {self.vocab.names}")
+            only_when = self._only_when(name)  # first: a wrong condition leaves no labels
             size = self.vocab.size(name)
             if size < 2:
-                raise ValueError(f"task {name!r} needs >= 2 classes, the manifest has {size}")
+                where = (
+                    f" on the rows where {self.conditions[name][0]} is one of "
+                    f"{self.conditions[name][1]}"
+                    if name in self.conditions
+                    else ""
+                )
+                raise ValueError(
+                    f"task {name!r} needs >= 2 classes, the manifest has {size}{where}"
+                )
             role = "adversarial" if name in h.adversarial else "main"
-            tasks.append(TaskSpec(name, size, role=role, adversary=h.adversary))  # type: ignore[arg-type]
+            tasks.append(
+                TaskSpec(
+                    name,
+                    size,
+                    role=role,  # type: ignore[arg-type]
+                    adversary=h.adversary,
+                    only_when=only_when,
+                )
+            )
         return tasks
 
     def row_path(self, row: int) -> str:
@@ -290,6 +370,7 @@ class AudioFeatureDataModule(MultiTaskDataModule):
             h.path_column,
             self.label_columns,
             partial=h.partial_tasks,
+            conditions={t: {o: names} for t, (o, names) in self.conditions.items()},
             split_column=h.split_column if h.split == "manifest" else None,
             group_column=h.speaker_column if grouped else None,
             # predict needs no labels; with predict_split="all" no split either

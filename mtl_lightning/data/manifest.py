@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,6 +54,7 @@ def read_manifest(
     split_column: str | None = None,
     group_column: str | None = None,
     optional: Sequence[str] = (),
+    conditions: Mapping[str, Mapping[str, Collection[str]]] | None = None,
 ) -> tuple[list[ManifestRow], list[RowProblem]]:
     """Parse the CSV: the good rows and one :class:`RowProblem` per bad row.
 
@@ -63,6 +64,12 @@ def read_manifest(
     unless it is ``optional``: an optional column may be absent (every cell counts as empty)
     and its empty cells are ``None``, not problems (``predict`` on unlabelled recordings).
 
+    ``conditions`` (``{task: {other_task: [label names]}}``, both tasks in ``label_columns``)
+    declares conditional tasks: where ``other_task``'s cell is not one of the names (empty
+    included), the task's label is ``None`` whatever its cell holds (an empty cell or a
+    placeholder such as ``n/a`` is not a problem, and not a class); where it is, the label is
+    required as for any other task (unless the task is in ``partial``).
+
     Example:
         >>> import tempfile, pathlib
         >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "a.wav").write_bytes(b"")
@@ -70,9 +77,21 @@ def read_manifest(
         >>> rows, problems = read_manifest(d / "m.csv", None, "path", ["emotion"])
         >>> [r.labels for r in rows], [str(p) for p in problems]
         ([{'emotion': 'sad'}], ['line 3: b.wav: file not found; no emotion label'])
+        >>> _ = (d / "s.csv").write_text("path,seed,quality\\na.wav,yes,good\\na.wav,no,n/a\\n")
+        >>> rows, _ = read_manifest(d / "s.csv", None, "path", ["seed", "quality"],
+        ...                         conditions={"quality": {"seed": ["yes"]}})
+        >>> [r.labels for r in rows]
+        [{'seed': 'yes', 'quality': 'good'}, {'seed': 'no', 'quality': None}]
     """
     manifest = Path(manifest)
     root = Path(audio_root) if audio_root is not None else manifest.parent
+    when = {task: next(iter(cond.items())) for task, cond in (conditions or {}).items()}
+    stray = sorted(
+        {t for t in when if t not in label_columns}
+        | {o for o, _ in when.values() if o not in label_columns}
+    )
+    if stray:
+        raise ValueError(f"conditions name column(s) {stray} that are not label columns")
     with manifest.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
@@ -95,10 +114,19 @@ def read_manifest(
             elif not file.is_file():
                 reasons.append("file not found")
             labels: dict[str, str | None] = {}
+            cells = {c: (record.get(c) or "").strip() for c in label_columns}
             for column in label_columns:
-                value = (record.get(column) or "").strip()
+                value = cells[column]
+                if column in when and cells[when[column][0]] not in when[column][1]:
+                    labels[column] = None  # the condition fails: not scored, whatever the cell
+                    continue
                 if not value and column not in partial and column not in optional:
-                    reasons.append(f"no {column} label")
+                    other = (
+                        f" ({when[column][0]} is {cells[when[column][0]]!r})"
+                        if column in when
+                        else ""
+                    )
+                    reasons.append(f"no {column} label{other}")
                 labels[column] = value or None
             split = (record.get(split_column) or "").strip() if split_column else None
             if split_column and split not in SPLITS:
