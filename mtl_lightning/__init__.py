@@ -12,6 +12,7 @@ from mtl_lightning.data import (
 )
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead, gradient_reversal
+from mtl_lightning.nonfinite import NonFiniteError
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.validation import BatchError
 
@@ -27,6 +28,7 @@ __all__ = [
     "MultiTaskDataModule",
     "MultiTaskModule",
     "MultiTaskSummary",
+    "NonFiniteError",
     "SyntheticSpeechDataModule",
     "TaskSpec",
     "gradient_reversal",

@@ -6,7 +6,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -17,16 +17,14 @@ from torchmetrics import MeanMetric, Metric
 
 from mtl_lightning.gradients import cosine_matrix, flat_grad, write_grads
 from mtl_lightning.metrics import ClassCounts, majority_rate, task_metrics
+from mtl_lightning.metrics.rank_states import sum_metric_states, zero_metric_states
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
+from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
 from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, labelled_mask, unpack_batch
 from mtl_lightning.weighting import GradientWeighting, StaticWeighting, WeightingStrategy
 
-NonFinitePolicy = Literal["raise", "skip", "off"]
-
-
-class NonFiniteError(FloatingPointError):
-    """A task loss or a gradient became NaN or infinite during training."""
+__all__ = ["MultiTaskModule", "NonFiniteError", "StepOutputs"]
 
 
 @dataclass
@@ -66,7 +64,7 @@ def _overrides(strategy: WeightingStrategy, hook: str) -> bool:
     return getattr(type(strategy), hook) is not getattr(WeightingStrategy, hook)
 
 
-class MultiTaskModule(pl.LightningModule):
+class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
     """A shared trunk feeding one head per task; adversarial heads sit behind gradient reversal.
 
     Every task is described by a :class:`~mtl_lightning.tasks.TaskSpec`; nothing here names a
@@ -672,117 +670,6 @@ class MultiTaskModule(pl.LightningModule):
                 if math.isfinite(value):  # a zero gradient (lambda = 0) has no direction
                     self.log(f"train/grad_cos/{a}__{names[j]}", value, on_step=True, on_epoch=False)
 
-    def _any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on any DDP rank (every rank then takes the same branch)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return flag
-        value = torch.tensor(float(flag), device=self.device)
-        return bool(self.trainer.strategy.reduce(value, reduce_op="sum") > 0)
-
-    def _nonfinite_losses(self, losses: Mapping[str, Tensor], batch_idx: int) -> bool:
-        """Apply the non-finite policy to the task losses; True means skip this step."""
-        if self.nonfinite == "off":
-            return False
-        stacked = torch.stack([v.detach().float() for v in losses.values()])
-        bad_here = not bool(torch.isfinite(stacked).all())
-        if not self._any_rank(bad_here):
-            return False
-        bad = {n: float(v) for n, v in losses.items() if not math.isfinite(float(v))}
-        where = f"step {self.global_step}, batch {batch_idx}"
-        if self.nonfinite == "raise":
-            raise NonFiniteError(
-                f"{where}: non-finite loss for task(s) "
-                + ", ".join(f"{n!r} ({v})" for n, v in bad.items())
-                + (" on another DDP rank" if not bad else "")
-                + "; set model.nonfinite='skip' to skip such steps"
-            )
-        self.skipped_steps += 1
-        warnings.warn(
-            f"{where}: skipped, non-finite task loss(es) {bad or '(another rank)'}", stacklevel=2
-        )
-        return True
-
-    def _nonfinite_gradients_skip(self, tasks: Sequence[str] | None = None) -> bool:
-        """Called with non-finite gradients: raise, or drop them (True: skip the step).
-
-        ``tasks``: the tasks whose own gradient is not finite, when the caller knows them;
-        otherwise they are found by :meth:`_tasks_with_nonfinite_gradients`.
-        """
-        names = [
-            n
-            for n, p in self.named_parameters()
-            if p.grad is not None and not p.grad.isfinite().all()
-        ]
-        if tasks is None:
-            tasks = self._tasks_with_nonfinite_gradients()
-        culprits = (
-            "task(s) " + ", ".join(map(repr, tasks)) if tasks else "task(s) on another DDP rank"
-        )
-        params = f"{names[:5]}{' ...' if len(names) > 5 else ''}"
-        self._nonfinite_policy(f"gradient from {culprits} in {params}")
-        return True
-
-    def _nonfinite_policy(self, what: str) -> None:
-        """A non-finite ``what`` although every loss was finite: raise :class:`NonFiniteError`
-        (``nonfinite="raise"``), or drop every gradient (optimizers skip parameters without
-        one), count the skipped step and warn."""
-        where = f"step {self.global_step}, batch {self._batch_idx}"
-        if self.nonfinite == "raise":
-            raise NonFiniteError(
-                f"{where}: non-finite {what} although every task loss was finite; "
-                "set model.nonfinite='skip' to skip such steps"
-            )
-        for p in self.parameters():
-            p.grad = None
-        self.skipped_steps += 1
-        warnings.warn(f"{where}: skipped, non-finite {what}", stacklevel=3)
-
-    def _tasks_with_nonfinite_gradients(self) -> list[str]:
-        """The tasks whose own gradient on the last training batch is not finite.
-
-        Only called once a summed gradient is found non-finite: the batch is run again (random
-        state forked, so the run continues as it would have) and each task's loss is
-        differentiated on its own. Under DDP, this rank's shard only.
-        """
-        if self._last_batch is None:
-            return []
-        params = [p for p in self.parameters() if p.requires_grad]
-        bad = []
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            step = self.forward_losses(self._last_batch, self._batch_idx)
-            for task in self.tasks:
-                grads = torch.autograd.grad(
-                    step.losses[task.name], params, retain_graph=True, allow_unused=True
-                )
-                if any(g is not None and not bool(g.isfinite().all()) for g in grads):
-                    bad.append(task.name)
-        return bad
-
-    def _skipped_step_loss(self) -> Tensor:
-        """A zero loss reaching every trainable parameter, for a step the guard skips.
-
-        Lightning cannot skip a step under DDP (``training_step`` may not return ``None`` there,
-        and every rank's backward must reach every parameter); so the step runs on this zero
-        loss and :meth:`on_before_optimizer_step` drops the gradients, which the optimizer then
-        leaves alone (no moment update, no weight decay), as it does for ``None``.
-        """
-        self._skip_step = True
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.stack([p.sum().float() for p in params]).sum() * 0.0
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._skip_step:  # after backward (and AMP unscaling), before the step
-            self._skip_step = False
-            for p in self.parameters():
-                p.grad = None
-            return
-        # 16-mixed: the GradScaler already skips steps with inf/NaN gradients
-        if self.nonfinite == "off" or not self.automatic_optimization or self._loss_scale() != 1.0:
-            return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum())):
-            self._nonfinite_gradients_skip()
-
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, dict[str, Tensor]]:
         """Per task: ``pred`` (class index or regression output) and, for classes, ``prob``.
 
@@ -867,38 +754,14 @@ class MultiTaskModule(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Write the *global* training accumulators: each checkpointed metric state summed over
-        DDP ranks.
-
-        torchmetrics keeps each rank's unsynced local sums and only rank zero writes the file,
-        so without this a checkpoint would hold rank zero's share only. Lightning calls this hook
-        on every rank, so the all-reduce is safe (one per dtype); the module's own states stay
-        local. Every such state must be sum-reduced (``dist_reduce_fx="sum"``), which is what
-        makes the global value the per-rank sum; :meth:`on_load_checkpoint` splits it again.
-        """
-        from torchmetrics.utilities.data import dim_zero_sum
-
+        DDP ranks (:mod:`mtl_lightning.metrics.rank_states`). Lightning calls this hook on every
+        rank, so the all-reduce is safe."""
         if self._trainer is None or self.trainer.world_size <= 1:
             return
-        state_dict = checkpoint["state_dict"]
-        keys = []
-        for prefix, metric in self.named_modules():
-            for state in metric._defaults if isinstance(metric, Metric) else ():
-                key = f"{prefix}.{state}"
-                if key not in state_dict:  # not persistent: not in the checkpoint
-                    continue
-                if metric._reductions[state] is not dim_zero_sum or metric._is_synced:
-                    raise NotImplementedError(
-                        f"checkpointed metric state {key!r} must be an unsynced tensor with "
-                        f"dist_reduce_fx='sum' to be merged across ranks"
-                    )
-                keys.append(key)
-        for dtype in sorted({state_dict[k].dtype for k in keys}, key=str):  # same order per rank
-            group = [k for k in keys if state_dict[k].dtype == dtype]
-            flat = torch.cat([state_dict[k].reshape(-1) for k in group])
-            flat = self.trainer.strategy.reduce(flat, reduce_op="sum")
-            sizes = [state_dict[k].numel() for k in group]
-            for key, part in zip(group, flat.split(sizes), strict=True):
-                state_dict[key] = part.reshape(state_dict[key].shape).clone()
+        strategy = self.trainer.strategy
+        sum_metric_states(
+            self, checkpoint["state_dict"], lambda t: strategy.reduce(t, reduce_op="sum")
+        )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the saved global metric states on rank zero only, zeros on the other ranks.
@@ -907,14 +770,8 @@ class MultiTaskModule(pl.LightningModule):
         so the loaded states add up to the saved global sums whatever the world size now (a DDP
         checkpoint resumed in one process, or the other way round).
         """
-        if self.global_rank == 0:
-            return
-        state_dict = checkpoint["state_dict"]
-        for prefix, metric in self.named_modules():
-            for state in metric._defaults if isinstance(metric, Metric) else ():
-                key = f"{prefix}.{state}"
-                if key in state_dict:
-                    state_dict[key] = torch.zeros_like(state_dict[key])
+        if self.global_rank != 0:
+            zero_metric_states(self, checkpoint["state_dict"])
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:

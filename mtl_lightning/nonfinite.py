@@ -1,0 +1,146 @@
+"""The non-finite guard of :class:`~mtl_lightning.module.MultiTaskModule`: a NaN or infinite task
+loss or gradient stops the run naming the task, step and batch, or skips the step and counts it,
+the same way on every DDP rank."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["NonFiniteError", "NonFiniteGuard", "NonFinitePolicy"]
+
+NonFinitePolicy = Literal["raise", "skip", "off"]
+
+
+class NonFiniteError(FloatingPointError):
+    """A task loss or a gradient became NaN or infinite during training."""
+
+
+class NonFiniteGuard:
+    """Mixin for a LightningModule with ``tasks``, ``nonfinite`` (a :data:`NonFinitePolicy`), a
+    ``skipped_steps`` buffer, ``forward_losses(batch, batch_idx)`` and ``_loss_scale()``.
+
+    The host calls :meth:`_nonfinite_losses` on its task losses before the backward pass and
+    returns :meth:`_skipped_step_loss` for a skipped step; gradients are checked in
+    :meth:`on_before_optimizer_step` (automatic optimisation).
+    """
+
+    _batch_idx: int
+    _last_batch: Any
+    _skip_step: bool
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any DDP rank (every rank then takes the same branch)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return flag
+        value = torch.tensor(float(flag), device=self.device)
+        return bool(self.trainer.strategy.reduce(value, reduce_op="sum") > 0)
+
+    def _nonfinite_losses(self, losses: Mapping[str, Tensor], batch_idx: int) -> bool:
+        """Apply the non-finite policy to the task losses; True means skip this step."""
+        if self.nonfinite == "off":
+            return False
+        stacked = torch.stack([v.detach().float() for v in losses.values()])
+        bad_here = not bool(torch.isfinite(stacked).all())
+        if not self._any_rank(bad_here):
+            return False
+        bad = {n: float(v) for n, v in losses.items() if not math.isfinite(float(v))}
+        where = f"step {self.global_step}, batch {batch_idx}"
+        if self.nonfinite == "raise":
+            raise NonFiniteError(
+                f"{where}: non-finite loss for task(s) "
+                + ", ".join(f"{n!r} ({v})" for n, v in bad.items())
+                + (" on another DDP rank" if not bad else "")
+                + "; set model.nonfinite='skip' to skip such steps"
+            )
+        self.skipped_steps += 1
+        warnings.warn(
+            f"{where}: skipped, non-finite task loss(es) {bad or '(another rank)'}", stacklevel=2
+        )
+        return True
+
+    def _nonfinite_gradients_skip(self, tasks: Sequence[str] | None = None) -> bool:
+        """Called with non-finite gradients: raise, or drop them (True: skip the step).
+
+        ``tasks``: the tasks whose own gradient is not finite, when the caller knows them;
+        otherwise they are found by :meth:`_tasks_with_nonfinite_gradients`.
+        """
+        names = [
+            n
+            for n, p in self.named_parameters()
+            if p.grad is not None and not p.grad.isfinite().all()
+        ]
+        if tasks is None:
+            tasks = self._tasks_with_nonfinite_gradients()
+        culprits = (
+            "task(s) " + ", ".join(map(repr, tasks)) if tasks else "task(s) on another DDP rank"
+        )
+        params = f"{names[:5]}{' ...' if len(names) > 5 else ''}"
+        self._nonfinite_policy(f"gradient from {culprits} in {params}")
+        return True
+
+    def _nonfinite_policy(self, what: str) -> None:
+        """A non-finite ``what`` although every loss was finite: raise :class:`NonFiniteError`
+        (``nonfinite="raise"``), or drop every gradient (optimizers skip parameters without
+        one), count the skipped step and warn."""
+        where = f"step {self.global_step}, batch {self._batch_idx}"
+        if self.nonfinite == "raise":
+            raise NonFiniteError(
+                f"{where}: non-finite {what} although every task loss was finite; "
+                "set model.nonfinite='skip' to skip such steps"
+            )
+        for p in self.parameters():
+            p.grad = None
+        self.skipped_steps += 1
+        warnings.warn(f"{where}: skipped, non-finite {what}", stacklevel=3)
+
+    def _tasks_with_nonfinite_gradients(self) -> list[str]:
+        """The tasks whose own gradient on the last training batch is not finite.
+
+        Only called once a summed gradient is found non-finite: the batch is run again (random
+        state forked, so the run continues as it would have) and each task's loss is
+        differentiated on its own. Under DDP, this rank's shard only.
+        """
+        if self._last_batch is None:
+            return []
+        params = [p for p in self.parameters() if p.requires_grad]
+        bad = []
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            step = self.forward_losses(self._last_batch, self._batch_idx)
+            for task in self.tasks:
+                grads = torch.autograd.grad(
+                    step.losses[task.name], params, retain_graph=True, allow_unused=True
+                )
+                if any(g is not None and not bool(g.isfinite().all()) for g in grads):
+                    bad.append(task.name)
+        return bad
+
+    def _skipped_step_loss(self) -> Tensor:
+        """A zero loss reaching every trainable parameter, for a step the guard skips.
+
+        Lightning cannot skip a step under DDP (``training_step`` may not return ``None`` there,
+        and every rank's backward must reach every parameter); so the step runs on this zero
+        loss and :meth:`on_before_optimizer_step` drops the gradients, which the optimizer then
+        leaves alone (no moment update, no weight decay), as it does for ``None``.
+        """
+        self._skip_step = True
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.stack([p.sum().float() for p in params]).sum() * 0.0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_step:  # after backward (and AMP unscaling), before the step
+            self._skip_step = False
+            for p in self.parameters():
+                p.grad = None
+            return
+        # 16-mixed: the GradScaler already skips steps with inf/NaN gradients
+        if self.nonfinite == "off" or not self.automatic_optimization or self._loss_scale() != 1.0:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum())):
+            self._nonfinite_gradients_skip()
