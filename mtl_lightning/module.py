@@ -13,10 +13,17 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import Metric
 
 from mtl_lightning.gradients import cosine_matrix, flat_grad, write_grads
-from mtl_lightning.metrics import ClassCounts, majority_rate, task_metrics
+from mtl_lightning.log_cadence import logger_writes_step
+from mtl_lightning.metrics import (
+    ClassCounts,
+    LossMean,
+    confusion_counts,
+    majority_rate,
+    task_metrics,
+)
 from mtl_lightning.metrics.rank_states import sum_metric_states, zero_metric_states
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
 from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
@@ -151,7 +158,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         self.stage_losses = nn.ModuleDict(
             {
                 f"{s}_losses": nn.ModuleDict(
-                    {**{t.name: MeanMetric() for t in self.tasks}, TOTAL_KEY: MeanMetric()}
+                    {**{t.name: LossMean() for t in self.tasks}, TOTAL_KEY: LossMean()}
                 )
                 for s in STAGES
             }
@@ -336,9 +343,13 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
                 output, target = output[mask], target[mask]
             if labelled:
                 if task.is_classification:
-                    collection.update(output.detach(), target)
+                    # one confusion matrix per task feeds acc, balanced_acc, f1 and (its row
+                    # sums) the training label counts
+                    counts = confusion_counts(output.detach(), target, task.size)
+                    for metric in collection.values():
+                        metric.update(counts=counts)
                     if stage == "train":
-                        self.train_class_counts[name].update(target)
+                        self.train_class_counts[name].update(counts=counts.sum(dim=1))
                 else:
                     collection.update(
                         output.detach(), target.reshape(output.shape).to(output.dtype)
@@ -347,11 +358,14 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
                 self.log(f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True)
         total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
         on_step = stage == "train"
-        if on_step:  # forward: updates and caches the step value that on_step logs
+        # the step value (train/loss_step) is computed and logged only where it is shown: on
+        # the steps the logger writes, and on every step when a progress bar displays it
+        step_value = on_step and (self._should_log_step() or self._shows_progress_bar())
+        if step_value:  # forward: updates and caches the step value that on_step logs
             total_metric(total.detach(), batch_size)
         else:
             total_metric.update(total.detach(), batch_size)
-        if register or on_step:
+        if register or step_value:
             self.log(f"{stage}/loss", total_metric, on_step=on_step, on_epoch=True, prog_bar=True)
 
     def shared_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor | None:
@@ -645,10 +659,10 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
 
     def _should_log_step(self) -> bool:
         """Whether the logger writes this batch's step values (so they are worth logging)."""
-        if self._trainer is None:
-            return False
-        every = max(1, int(self.trainer.log_every_n_steps))
-        return self._step_number % every == 0
+        return self._trainer is not None and logger_writes_step(self.trainer, self._step_number)
+
+    def _shows_progress_bar(self) -> bool:
+        return self._trainer is not None and self.trainer.progress_bar_callback is not None
 
     def _grad_cos_due(self) -> bool:
         """Every ``grad_cos_every_n_steps``-th step, counted as the logger counts steps, so that

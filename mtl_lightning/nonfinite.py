@@ -12,9 +12,31 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["NonFiniteError", "NonFiniteGuard", "NonFinitePolicy"]
+__all__ = ["NonFiniteError", "NonFiniteGuard", "NonFinitePolicy", "all_finite"]
 
 NonFinitePolicy = Literal["raise", "skip", "off"]
+
+
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every element of ``tensors`` is finite.
+
+    Fast path: one reduction, their total 2-norm (NaN and inf propagate, so a finite norm means
+    every element is finite). Only a non-finite norm, which huge finite values can also give
+    by overflowing, is checked element by element.
+
+    Example:
+        >>> all_finite([torch.ones(2), torch.full((3,), 3e38)])
+        True
+        >>> all_finite([torch.ones(2), torch.tensor([0.0, float("nan")])])
+        False
+    """
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: foreach kernels
+        norm = torch.nn.utils.get_total_norm(tensors)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+    if bool(torch.isfinite(norm)):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 class NonFiniteError(FloatingPointError):
@@ -141,6 +163,8 @@ class NonFiniteGuard:
         # 16-mixed: the GradScaler already skips steps with inf/NaN gradients
         if self.nonfinite == "off" or not self.automatic_optimization or self._loss_scale() != 1.0:
             return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not bool(torch.isfinite(torch.stack([g.norm() for g in grads]).sum())):
+        # the gradients this optimizer applies (reading them from its groups spares a walk over
+        # every submodule, metrics included, on each step)
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not all_finite(grads):
             self._nonfinite_gradients_skip()

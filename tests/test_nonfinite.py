@@ -121,3 +121,22 @@ def test_skipped_steps_leave_parameters_unchanged():
     for key, value in model.state_dict().items():
         if key.startswith(("trunk", "heads")):
             assert torch.equal(value, before[key]), key
+
+
+def test_all_finite_fast_path_and_overflow_fallback(monkeypatch):
+    """A finite total norm proves every element finite; an overflowing norm of finite values
+    must not be reported as non-finite (the gradient check uses this on every step)."""
+    from mtl_lightning.nonfinite import all_finite
+
+    huge = [torch.full((4,), 3e38), torch.ones(3)]  # 2-norm overflows to inf, values are finite
+    cases = [
+        ([torch.randn(5), torch.randn(2, 3)], True),
+        (huge, True),
+        ([torch.ones(2), torch.tensor([0.0, float("nan")])], False),
+        ([torch.tensor([-float("inf")]), torch.ones(2)], False),
+    ]
+    for tensors, expected in cases:
+        assert all_finite(tensors) is expected
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm")  # torch < 2.6
+    for tensors, expected in cases:
+        assert all_finite(tensors) is expected

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 
+from mtl_lightning.log_cadence import logger_writes_step
+
 Schedule = Literal["constant", "linear", "dann"]
 
 
@@ -42,7 +44,8 @@ def grl_lambda(
 
 
 class GradientReversalSchedule(pl.Callback):
-    """Set the model's gradient-reversal lambda before every training step; log ``train/grl_lambda``.
+    """Set the model's gradient-reversal lambda before every training step; log ``train/grl_lambda``
+    on the steps the logger writes (:func:`~mtl_lightning.log_cadence.logger_writes_step`).
 
     Progress is ``p = global_step / trainer.estimated_stepping_batches``: a pure function of the
     step, so a resumed run continues the schedule exactly and every DDP rank computes the same
@@ -87,4 +90,5 @@ class GradientReversalSchedule(pl.Callback):
             )
         value = self.value_at(trainer.global_step, trainer.estimated_stepping_batches)
         pl_module.grl_lambda = value
-        pl_module.log("train/grl_lambda", value, on_step=True, on_epoch=False, batch_size=1)
+        if logger_writes_step(trainer, trainer.global_step + 1):
+            pl_module.log("train/grl_lambda", value, on_step=True, on_epoch=False, batch_size=1)

@@ -11,6 +11,7 @@ from mtl_lightning.metrics.confusion import (
     confusion_counts,
     f1_from_confusion,
 )
+from mtl_lightning.metrics.loss_mean import LossMean
 from mtl_lightning.metrics.majority import ClassCounts, majority_rate
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ConfusionAccuracy",
     "ConfusionBalancedAccuracy",
     "ConfusionF1",
+    "LossMean",
     "accuracy_from_confusion",
     "balanced_accuracy_batched",
     "balanced_accuracy_from_confusion",

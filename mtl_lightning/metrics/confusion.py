@@ -121,9 +121,31 @@ class _ConfusionMetric(Metric):
             dist_reduce_fx="sum",
         )
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Add a batch: ``preds`` logits ``[N, K]`` or class indices ``[N]``; ``target`` ``[N]``."""
-        self.confmat += confusion_counts(preds, target, self.num_classes)
+    def update(
+        self,
+        preds: Tensor | None = None,
+        target: Tensor | None = None,
+        counts: Tensor | None = None,
+    ) -> None:
+        """Add a batch: ``preds`` logits ``[N, K]`` or class indices ``[N]`` and ``target``
+        ``[N]``; or the batch's ``counts`` (:func:`confusion_counts`), computed once for several
+        metrics of the same predictions.
+
+        Example:
+            >>> m = ConfusionAccuracy(2)
+            >>> m.update(counts=confusion_counts(torch.tensor([0, 1]), torch.tensor([0, 0]), 2))
+            >>> m.compute()
+            tensor(0.5000)
+        """
+        if counts is None:
+            if preds is None or target is None:
+                raise ValueError("update needs preds and target, or counts")
+            counts = confusion_counts(preds, target, self.num_classes)
+        elif counts.shape != (self.num_classes, self.num_classes):
+            raise ValueError(
+                f"counts must be {self.num_classes} x {self.num_classes}, got {list(counts.shape)}"
+            )
+        self.confmat += counts
 
 
 class ConfusionAccuracy(_ConfusionMetric):

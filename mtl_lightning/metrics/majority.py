@@ -43,8 +43,18 @@ class ClassCounts(Metric):
             persistent=True,
         )
 
-    def update(self, target: Tensor) -> None:
-        self.counts += torch.bincount(target.long().flatten(), minlength=self.num_classes)
+    def update(self, target: Tensor | None = None, counts: Tensor | None = None) -> None:
+        """Add a batch of class indices ``target``, or its per-class ``counts`` (``[K]``, e.g.
+        the row sums of the batch's confusion matrix)."""
+        if counts is None:
+            if target is None:
+                raise ValueError("update needs target or counts")
+            counts = torch.bincount(target.long().flatten(), minlength=self.num_classes)
+        elif counts.shape != (self.num_classes,):
+            raise ValueError(
+                f"counts must have {self.num_classes} entries, got {list(counts.shape)}"
+            )
+        self.counts += counts
 
     def compute(self) -> Tensor:
         return majority_rate(self.counts)

@@ -114,3 +114,34 @@ def test_bootstrap_point_and_interval_match_torchmetrics_recall():
     ref = torch.quantile(stats.double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
     assert (low, high) == pytest.approx(ref.tolist(), abs=1e-6)
     assert 0.0 <= low <= point <= high <= 1.0
+
+
+@pytest.mark.parametrize("make", [m for m, _ in PAIRS])
+def test_update_from_shared_counts_equals_update_from_predictions(make):
+    """The module computes one confusion matrix per task and hands it to every metric."""
+    from_preds, from_counts = make(4), make(4)
+    for preds, target in _batches(4, seed=3):
+        from_preds.update(preds, target)
+        from_counts.update(counts=confusion_counts(preds, target, 4))
+    assert torch.equal(from_preds.confmat, from_counts.confmat)
+    assert torch.equal(from_preds.compute(), from_counts.compute())
+
+
+def test_update_rejects_missing_inputs_and_wrong_count_shapes():
+    metric = ConfusionAccuracy(3)
+    with pytest.raises(ValueError, match="preds and target, or counts"):
+        metric.update(torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"counts must be 3 x 3, got \[2, 2\]"):
+        metric.update(counts=torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_class_counts_from_confusion_row_sums_equal_label_counts():
+    from mtl_lightning.metrics import ClassCounts
+
+    from_labels, from_rows = ClassCounts(4), ClassCounts(4)
+    for preds, target in _batches(4, seed=5):
+        from_labels.update(target)
+        from_rows.update(counts=confusion_counts(preds, target, 4).sum(dim=1))
+    assert torch.equal(from_labels.counts, from_rows.counts)
+    with pytest.raises(ValueError, match="4 entries"):
+        from_rows.update(counts=torch.zeros(3, dtype=torch.long))
