@@ -41,6 +41,16 @@ def test_fast_dev_run_for_every_config(config, in_tmp):
     assert cli.trainer.global_step == 1
 
 
+def test_default_config_runs_unchanged_under_bf16_mixed(in_tmp):
+    """The GPU command of the README (`--trainer.precision bf16-mixed`) with the default config,
+    here on CPU: the precision path is the same code; a whole epoch, validation included."""
+    cli = main(["fit", *TINY, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1"])
+    assert cli.trainer.state.finished and cli.trainer.precision == "bf16-mixed"
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["val/loss"]) and 0.0 <= float(metrics["val/emotion/acc"]) <= 1
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
 def test_default_is_the_speaker_adversarial_config():
     default = yaml.safe_load(Path(DEFAULT_CONFIG).read_text())
     explicit = yaml.safe_load((ROOT / "configs" / "speaker_adversarial.yaml").read_text())
