@@ -54,6 +54,22 @@ def write_grads(params: Sequence[nn.Parameter], flat: Tensor) -> None:
         raise ValueError(f"gradient vector has {flat.numel()} entries for {offset} parameters")
 
 
+def gram_matrix(rows: Tensor) -> Tensor:
+    """``rows @ rows.T`` in at least float32, also inside an autocast region (where a matmul
+    would run in bf16 or fp16 and round every entry).
+
+    Example:
+        >>> rows = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     gram_matrix(rows)
+        tensor([[5., 6.],
+                [6., 9.]])
+    """
+    dtype = torch.promote_types(rows.dtype, torch.float32)
+    with torch.autocast(device_type=rows.device.type, enabled=False):
+        return rows.to(dtype) @ rows.to(dtype).T
+
+
 def cosine_matrix(gramian: Tensor, eps: float = 1e-20) -> Tensor:
     """Pairwise cosine similarities from a Gramian; NaN where a gradient is zero.
 

@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from mtl_lightning.gradients import cosine_matrix, flat_grad, write_grads
+from mtl_lightning.gradients import cosine_matrix, flat_grad, gram_matrix, write_grads
 from mtl_lightning.log_cadence import logger_writes_step
 from mtl_lightning.metrics import (
     ClassCounts,
@@ -267,7 +267,10 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
             output, target = output[mask], target[mask]
         if task.is_classification:
             return F.cross_entropy(output, target.long())
-        return F.mse_loss(output, target.reshape(output.shape).to(output.dtype))
+        # at least float32: under bf16-mixed the head's output is bf16, and casting the targets
+        # to it would round them to 8 significant bits (37.3 -> 37.25)
+        dtype = torch.promote_types(output.dtype, torch.float32)
+        return F.mse_loss(output.to(dtype), target.reshape(output.shape).to(dtype))
 
     def labelled_masks(self, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Per task, which samples carry a usable label (missing and ``only_when`` applied)."""
@@ -350,9 +353,10 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
                         metric.update(counts=counts)
                     if stage == "train":
                         self.train_class_counts[name].update(counts=counts.sum(dim=1))
-                else:
+                else:  # in at least float32, as the loss (bf16 would round the targets)
+                    dtype = torch.promote_types(output.dtype, torch.float32)
                     collection.update(
-                        output.detach(), target.reshape(output.shape).to(output.dtype)
+                        output.detach().to(dtype), target.reshape(output.shape).to(dtype)
                     )
             for key, metric in collection.items() if register else ():
                 self.log(f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True)
@@ -674,7 +678,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         names = [t.name for t in self._aggregated_tasks()] + [
             t.name for t in self.tasks if t.adversarial
         ]
-        self._log_cosines(names, rows @ rows.T)
+        self._log_cosines(names, gram_matrix(rows))  # not in bf16 under bf16-mixed
 
     def _log_cosines(self, names: Sequence[str], gramian: Tensor) -> None:
         cos = cosine_matrix(gramian.float())

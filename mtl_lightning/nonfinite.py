@@ -4,6 +4,7 @@ the same way on every DDP rank."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -124,22 +125,36 @@ class NonFiniteGuard:
     def _tasks_with_nonfinite_gradients(self) -> list[str]:
         """The tasks whose own gradient on the last training batch is not finite.
 
-        Only called once a summed gradient is found non-finite: the batch is run again (random
-        state forked, so the run continues as it would have) and each task's loss is
-        differentiated on its own. Under DDP, this rank's shard only.
+        Only called once a summed gradient is found non-finite: the batch is run again, under
+        the run's precision (autocast), with the random state forked (the CUDA one too) and the
+        buffers (BatchNorm statistics) restored afterwards, so the run continues as it would
+        have; each task's loss is differentiated on its own. Under DDP, this rank's shard only.
         """
         if self._last_batch is None:
             return []
         params = [p for p in self.parameters() if p.requires_grad]
+        buffers = {name: b.clone() for name, b in self.named_buffers()}
+        devices = [self.device] if self.device.type == "cuda" else []
+        precision = (
+            self.trainer.precision_plugin.forward_context()
+            if self._trainer is not None
+            else contextlib.nullcontext()
+        )
         bad = []
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            step = self.forward_losses(self._last_batch, self._batch_idx)
-            for task in self.tasks:
-                grads = torch.autograd.grad(
-                    step.losses[task.name], params, retain_graph=True, allow_unused=True
-                )
-                if any(g is not None and not bool(g.isfinite().all()) for g in grads):
-                    bad.append(task.name)
+        try:
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+                with precision:
+                    step = self.forward_losses(self._last_batch, self._batch_idx)
+                for task in self.tasks:
+                    grads = torch.autograd.grad(
+                        step.losses[task.name], params, retain_graph=True, allow_unused=True
+                    )
+                    if any(g is not None and not bool(g.isfinite().all()) for g in grads):
+                        bad.append(task.name)
+        finally:
+            with torch.no_grad():
+                for name, b in self.named_buffers():
+                    b.copy_(buffers[name])
         return bad
 
     def _skipped_step_loss(self) -> Tensor:

@@ -9,6 +9,23 @@ import torch
 from torch import Tensor, nn
 
 
+def masked_time_mean(x: Tensor, lengths: Tensor) -> Tensor:
+    """Mean of ``x`` (``[batch, channels, freq, frames]``) over each row's first ``lengths[i]``
+    frames, as ``[batch, channels, freq, 1]`` in ``x``'s dtype.
+
+    Summed and divided in float32: in bf16 (under bf16-mixed) both a sum and a frame count
+    above 256 would be rounded (257 -> 256) before the division.
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(1, 1, 1, 6)
+        >>> masked_time_mean(x, torch.tensor([4])).flatten()
+        tensor([1.5000])
+    """
+    valid = torch.arange(x.shape[-1], device=x.device) < lengths[:, None]
+    summed = (x.float() * valid[:, None, None, :]).sum(dim=-1, keepdim=True)
+    return (summed / lengths[:, None, None, None]).to(x.dtype)
+
+
 def _norm(kind: str, width: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(width)
@@ -123,6 +140,4 @@ class CNNTrunk(nn.Module):
                 lengths = torch.div(lengths, 2, rounding_mode="floor")
         lengths = lengths.clamp_min(1)  # an utterance shorter than the pools keeps one frame
         x = nn.functional.adaptive_avg_pool2d(x, (self.pool.output_size[0], x.shape[-1]))
-        valid = (torch.arange(x.shape[-1], device=x.device) < lengths[:, None]).to(x.dtype)
-        summed = (x * valid[:, None, None, :]).sum(dim=-1, keepdim=True)
-        return summed / lengths.to(x.dtype)[:, None, None, None]
+        return masked_time_mean(x, lengths)
