@@ -43,15 +43,20 @@ class _Measured(pl.Callback):
             self.cos[batch_idx] = float(value)
 
 
-@pytest.mark.parametrize("weighting", [RandomLossWeighting, lambda: JacobianAggregation(UPGrad())])
-def test_logged_step_values_belong_to_their_step(tmp_path, weighting):
-    pl.seed_everything(0, verbose=False)
-    g = torch.Generator().manual_seed(0)
-    n = 8 * 23
-    ds = TensorTaskDataset(
+def _dataset(batches: int, seed: int) -> TensorTaskDataset:
+    """``batches`` batches of 8: 6 features, task ``a`` (2 classes) and ``b`` (3 classes)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 8 * batches
+    return TensorTaskDataset(
         torch.randn(n, 6, generator=g),
         {"a": torch.randint(0, 2, (n,), generator=g), "b": torch.randint(0, 3, (n,), generator=g)},
     )
+
+
+@pytest.mark.parametrize("weighting", [RandomLossWeighting, lambda: JacobianAggregation(UPGrad())])
+def test_logged_step_values_belong_to_their_step(tmp_path, weighting):
+    pl.seed_everything(0, verbose=False)
+    ds = _dataset(batches=23, seed=0)
     model = MultiTaskModule(
         [TaskSpec("a", 2), TaskSpec("b", 3)],
         trunk=DenseTrunk(6, dropout=0.0),
@@ -86,12 +91,7 @@ def test_logged_step_values_belong_to_their_step(tmp_path, weighting):
 
 def _tiny_fit(tmp_path, callbacks, **trainer_kwargs):
     pl.seed_everything(0, verbose=False)
-    g = torch.Generator().manual_seed(1)
-    n = 8 * 7
-    ds = TensorTaskDataset(
-        torch.randn(n, 6, generator=g),
-        {"a": torch.randint(0, 2, (n,), generator=g), "b": torch.randint(0, 3, (n,), generator=g)},
-    )
+    ds = _dataset(batches=7, seed=1)
     model = MultiTaskModule(
         [TaskSpec("a", 2), TaskSpec("b", 3)], trunk=DenseTrunk(6, dropout=0.0), head_hidden=0
     )
