@@ -12,8 +12,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from mtl_lightning.callbacks import GradientReversalSchedule, MultiTaskSummary
+from mtl_lightning.callbacks.config_fingerprint import ConfigFingerprint
+from mtl_lightning.callbacks.epoch_end_resume import EpochEndResume
+from mtl_lightning.callbacks.fail_fast import ensure_fail_fast
 from mtl_lightning.callbacks.rng_state import RNGStateCheckpoint
-from mtl_lightning.checkpoint_io import AtomicCheckpointIO, find_last_checkpoint
+from mtl_lightning.checkpoint_io import (
+    AtomicCheckpointIO,
+    checkpoint_dirs,
+    find_last_checkpoint,
+    remove_stale_temp_files,
+)
 from mtl_lightning.checks import check_checkpoint_file
 from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.module import MultiTaskModule
@@ -55,7 +63,8 @@ class MultiTaskCLI(LightningCLI):
     # --- fault tolerance (issue 6): atomic checkpoint writes and RNG state in checkpoints -----
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Add :class:`AtomicCheckpointIO` (unless the config names a ``CheckpointIO``) and the
-        :class:`RNGStateCheckpoint` callback (unless configured), for exact, crash-safe resume."""
+        :class:`RNGStateCheckpoint` and :class:`EpochEndResume` callbacks (unless configured),
+        for exact, crash-safe resume."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer = config.get("trainer") or {}
         plugins = trainer.get("plugins") or []
@@ -66,14 +75,26 @@ class MultiTaskCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         if not any(isinstance(c, RNGStateCheckpoint) for c in callbacks):
             callbacks.append(RNGStateCheckpoint())
-        return super().instantiate_trainer(**{"plugins": plugins, "callbacks": callbacks, **kwargs})
+        if not any(isinstance(c, EpochEndResume) for c in callbacks):
+            callbacks.append(EpochEndResume())  # a last-batch step checkpoint (issue 12)
+        callbacks.append(ConfigFingerprint.from_cli(self))  # for `--ckpt_path last` (issue 12)
+        fail_fast = ensure_fail_fast(callbacks)  # bounded collectives and SIGTERM (issue 12)
+        kwargs = {"plugins": plugins, "callbacks": callbacks, **kwargs}
+        built = super().instantiate_trainer(**kwargs)
+        fail_fast.apply_timeout(built.strategy, configured=trainer.get("strategy"))
+        return built
 
     def _check_ckpt_path(self) -> None:
-        """``--ckpt_path last`` also finds the newest ``last*.ckpt`` of earlier runs (versions);
-        a missing or truncated checkpoint file is an error naming the file."""
+        """Remove the temporary files of killed checkpoint writes; ``--ckpt_path last`` finds
+        the newest ``last*.ckpt`` of earlier runs (versions) *of this experiment*
+        (:class:`ConfigFingerprint`; only another experiment's: an error naming both); a
+        missing or truncated checkpoint file is an error naming the file."""
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        remove_stale_temp_files(checkpoint_dirs(self.trainer))
         if config.get("ckpt_path") == "last":
-            found = find_last_checkpoint(self.trainer)
+            stamps = (c for c in self.trainer.callbacks if isinstance(c, ConfigFingerprint))
+            stamp = next(stamps, None)
+            found = find_last_checkpoint(self.trainer, stamp)
             if found is not None:
                 config["ckpt_path"] = found
         if config.get("ckpt_path"):

@@ -15,6 +15,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from mtl_lightning.callbacks.collective_order import (
+    log_replicated,
+    place_metrics_sync,
+)
 from mtl_lightning.gradients import cosine_matrix, flat_grad, gram_matrix, write_grads
 from mtl_lightning.log_cadence import logger_writes_step
 from mtl_lightning.metrics import (
@@ -711,13 +715,20 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         for task in self.tasks:
             if not task.is_classification:
                 continue
-            self.log(f"{stage}/{task.name}/chance", task.chance, sync_dist=False)
+            log_replicated(self, f"{stage}/{task.name}/chance", task.chance)
             counts = self.train_class_counts[task.name].counts.clone()
             if self._trainer is not None:  # sum the training-label counts over DDP ranks
                 counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
             majority = majority_rate(counts)
             if not torch.isnan(majority):
-                self.log(f"{stage}/{task.name}/majority", float(majority), sync_dist=False)
+                log_replicated(self, f"{stage}/{task.name}/majority", float(majority))
+
+    def setup(self, stage: str) -> None:
+        """Put :class:`~mtl_lightning.callbacks.EpochMetricsSync` before the progress bar: the
+        bar computes the logged metrics (collectives) on rank zero only, and the epoch-end hooks
+        below call collectives too, which must come in the same order on every rank."""
+        if self._trainer is not None:
+            place_metrics_sync(self.trainer)
 
     def on_fit_start(self) -> None:
         self.weighting.set_reducer(self._reduce_mean)
@@ -735,9 +746,28 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
                     if isinstance(module, Metric):
                         module.reset()
 
+    def _register_resumed_train_metrics(self) -> None:
+        """Hand the training metric objects to ``self.log`` when this process ran no training
+        step in the epoch (a run resumed from a checkpoint taken on the epoch's last batch), so
+        the epoch's ``train/*`` values are logged under the same names as in an uninterrupted
+        run (``train/loss_epoch``: the epoch half of the ``on_step`` and ``on_epoch`` total)."""
+        if "train" in self._epoch_logged:
+            return
+        self._epoch_logged.add("train")
+        for task in self.tasks:
+            name = task.name
+            losses = self.stage_losses["train_losses"][name]
+            self.log(f"train/{name}/loss", losses, on_step=False, on_epoch=True)
+            for key, metric in self.stage_metrics["train_metrics"][name].items():
+                self.log(f"train/{name}/{key}", metric, on_step=False, on_epoch=True)
+        total = self.stage_losses["train_losses"][TOTAL_KEY]
+        self.log("train/loss_epoch", total, on_step=False, on_epoch=True, prog_bar=True)
+
     def on_train_epoch_end(self) -> None:
+        self._register_resumed_train_metrics()
         self._log_baselines("train")
-        self.log("train/skipped_steps", self.skipped_steps.float(), sync_dist=False)
+        # every rank skips the same steps (the decision is reduced), so the count is replicated
+        log_replicated(self, "train/skipped_steps", self.skipped_steps.float())
         if _overrides(self.weighting, "on_train_epoch_end"):
             losses = self.stage_losses["train_losses"]
             self.weighting.on_train_epoch_end(

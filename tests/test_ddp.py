@@ -2,20 +2,15 @@
 affinity equal one process; files, images and tables are written once."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from _cli_run import ROOT, run_cli
 
 from mtl_lightning.data import SyntheticSpeechDataModule
 from mtl_lightning.metrics import majority_rate
-
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 
 TINY = [
     "--data.init_args.per_pair",
@@ -28,8 +23,6 @@ TINY = [
     "16",
     "--data.init_args.batch_size",
     "8",
-    "--trainer.enable_progress_bar",
-    "false",
     "--trainer.accelerator",
     "cpu",
     "--summary.print_table",
@@ -39,19 +32,8 @@ DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 
 
 def _cli(cwd: Path, *args: str) -> str:
-    cwd.mkdir(parents=True, exist_ok=True)
-    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    result = subprocess.run(
-        [sys.executable, "-m", "mtl_lightning", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    """The CLI in a subprocess (progress bar on), killed with its ranks if it hangs."""
+    return run_cli(cwd, list(args), timeout=300).stdout
 
 
 def _with_batch(args: list[str], size: int) -> list[str]:
@@ -197,8 +179,6 @@ def test_affinity_under_two_processes_equals_single_process(tmp_path):
         str(tmp_path / "config.yaml"),
         "--trainer.accelerator",
         "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
         "--trainer.deterministic",
         "true",
         "--data.init_args.batch_size",

@@ -1,15 +1,24 @@
 """Callbacks: one concept per file."""
 
+from mtl_lightning.callbacks.collective_order import EpochMetricsSync
+from mtl_lightning.callbacks.config_fingerprint import ConfigFingerprint
+from mtl_lightning.callbacks.epoch_end_resume import EpochEndResume
+from mtl_lightning.callbacks.fail_fast import FailFast
+from mtl_lightning.callbacks.probe import LeakageProbe
 from mtl_lightning.callbacks.reversal_schedule import GradientReversalSchedule, grl_lambda
+from mtl_lightning.callbacks.rng_state import RNGStateCheckpoint
 from mtl_lightning.callbacks.summary import MultiTaskSummary
+from mtl_lightning.callbacks.task_affinity import TaskAffinity
 
-__all__ = ["GradientReversalSchedule", "MultiTaskSummary", "grl_lambda"]
-from mtl_lightning.callbacks.task_affinity import TaskAffinity  # noqa: E402
-
-__all__ += ["TaskAffinity"]
-from mtl_lightning.callbacks.probe import LeakageProbe  # noqa: E402
-
-__all__ += ["LeakageProbe"]
-from mtl_lightning.callbacks.rng_state import RNGStateCheckpoint  # noqa: E402
-
-__all__ += ["RNGStateCheckpoint"]
+__all__ = [
+    "ConfigFingerprint",
+    "EpochEndResume",
+    "EpochMetricsSync",
+    "FailFast",
+    "GradientReversalSchedule",
+    "LeakageProbe",
+    "MultiTaskSummary",
+    "RNGStateCheckpoint",
+    "TaskAffinity",
+    "grl_lambda",
+]

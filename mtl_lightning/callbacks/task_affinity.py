@@ -19,6 +19,7 @@ from mtl_lightning.affinity import (
     heatmap_image,
     lookahead_losses,
 )
+from mtl_lightning.callbacks.collective_order import log_replicated
 
 
 def _distributed() -> bool:
@@ -211,13 +212,8 @@ class TaskAffinity(pl.Callback):
                 value = z[i][j]
                 if value is None:
                     continue
-                pl_module.log(
-                    f"affinity/{source}_to_{target}",
-                    value,
-                    on_epoch=True,
-                    on_step=False,
-                    sync_dist=False,
-                )
+                # from losses reduced over ranks: identical on every rank
+                log_replicated(pl_module, f"affinity/{source}_to_{target}", value)
         # trainer.log_dir broadcasts under DDP: every rank asks, only rank zero writes
         self._write(trainer, record, trainer.log_dir)
         self._sum, self._cos_sum, self._pair_count, self._count = None, None, None, 0

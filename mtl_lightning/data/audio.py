@@ -549,8 +549,10 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         self._plan()  # read again if it was read for another stage (predict / not predict)
         if not self.datasets:
             self._build_datasets()
-        if stage == "fit" and self.trainer is not None and self.trainer.is_global_zero:
-            self._write_run_files(self.trainer.log_dir)
+        if stage == "fit" and self.trainer is not None:
+            log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank asks
+            if self.trainer.is_global_zero:
+                self._write_run_files(log_dir)
 
     def _build_datasets(self) -> None:
         h, plan = self.hparams, self._plan()

@@ -1,0 +1,45 @@
+"""Run ``python -m mtl_lightning ...`` as users do, in its own process group, under a hard limit.
+
+A DDP run that hangs must fail its test, not the CI job: on timeout the whole process group
+(the launcher and every rank it started) is killed and the test fails with the output so far.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def run_cli(cwd: Path, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m mtl_lightning *args`` in ``cwd``; asserts exit code 0 within ``timeout`` s."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mtl_lightning", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"`mtl_lightning {' '.join(args)}` did not finish in {timeout} s (hang?)\n{err[-3000:]}"
+        ) from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{err[-4000:]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
