@@ -61,7 +61,7 @@ def fit(mode: str, devices: int) -> dict[str, object]:
         strategy="ddp",
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        # the progress bar stays on: it reads the metrics on rank zero only
         enable_model_summary=False,
         use_distributed_sampler=False,
         callbacks=[snapshot],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import torch
 
 from mtl_lightning.data import SyntheticSpeechDataModule
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
+# under pytest-xdist's two workers, one thread each (the machine's cores are shared)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, torch.get_num_threads()))
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 

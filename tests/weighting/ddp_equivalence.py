@@ -93,7 +93,7 @@ def run(name: str, devices: int, global_batch: int) -> dict[str, Tensor]:
         max_epochs=2,
         logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
+        # the progress bar stays on: it reads the metrics on rank zero only
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True,
