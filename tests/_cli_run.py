@@ -11,6 +11,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -43,3 +46,15 @@ def run_cli(cwd: Path, args: list[str], timeout: float = 240) -> subprocess.Comp
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{err[-4000:]}"
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def start_fit(cwd: Path, config: dict[str, Any], *extra: str) -> subprocess.Popen:
+    """Write ``config`` to ``cwd/config.yaml`` and start ``fit --config config.yaml *extra``
+    there (stdout and stderr together); the caller waits and may kill it."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    (cwd / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
+    command = [sys.executable, "-m", "mtl_lightning", "fit", "--config", "config.yaml", *extra]
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )

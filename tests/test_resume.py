@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _cli_run import start_fit
 
 from mtl_lightning.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, find_last_checkpoint
 from mtl_lightning.cli import DEFAULT_CONFIG
@@ -60,16 +60,6 @@ def _config(kill_at: int | None) -> dict:
     return config
 
 
-def _fit(cwd: Path, config: dict, *extra: str) -> subprocess.Popen:
-    cwd.mkdir(parents=True, exist_ok=True)
-    (cwd / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    command = [sys.executable, "-m", "mtl_lightning", "fit", "--config", "config.yaml", *extra]
-    return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
 def _finish(process: subprocess.Popen) -> tuple[int, str]:
     out, _ = process.communicate(timeout=240)
     return process.returncode, out
@@ -92,7 +82,10 @@ def _train_epoch_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    full, killed = _fit(tmp_path / "full", _config(None)), _fit(tmp_path / "kill", _config(KILL_AT))
+    full, killed = (
+        start_fit(tmp_path / "full", _config(None)),
+        start_fit(tmp_path / "kill", _config(KILL_AT)),
+    )
     rc_full, out_full = _finish(full)
     rc_kill, out_kill = _finish(killed)
     assert rc_full == 0, out_full[-3000:]
@@ -107,7 +100,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert "RNGStateCheckpoint" in at_kill["callbacks"]
 
     # `--ckpt_path last` finds the killed run's last.ckpt although this run logs to version_1
-    rc, out = _finish(_fit(tmp_path / "kill", _config(None), "--ckpt_path", "last"))
+    rc, out = _finish(start_fit(tmp_path / "kill", _config(None), "--ckpt_path", "last"))
     assert rc == 0, out[-3000:]
     assert "Restored all states" in out and "version_0/checkpoints/last.ckpt" in out
 
@@ -171,8 +164,8 @@ def _five_task_config(kill_at: int | None, weighting: str) -> dict:
 
 @pytest.mark.parametrize("weighting", list(WEIGHTING))
 def test_sigkill_resume_restores_weighting_and_affinity_state(tmp_path, weighting):
-    full = _fit(tmp_path / "full", _five_task_config(None, weighting))
-    killed = _fit(tmp_path / "kill", _five_task_config(KILL_AT, weighting))
+    full = start_fit(tmp_path / "full", _five_task_config(None, weighting))
+    killed = start_fit(tmp_path / "kill", _five_task_config(KILL_AT, weighting))
     (rc_full, out_full), (rc_kill, out_kill) = _finish(full), _finish(killed)
     assert rc_full == 0, out_full[-3000:]
     assert rc_kill == -signal.SIGKILL, out_kill[-3000:]
@@ -184,7 +177,7 @@ def test_sigkill_resume_restores_weighting_and_affinity_state(tmp_path, weightin
     assert affinity_at_kill["count"] == 2 and len(affinity_at_kill["history"]) == 1  # mid-epoch
 
     rc, out = _finish(
-        _fit(tmp_path / "kill", _five_task_config(None, weighting), "--ckpt_path", "last")
+        start_fit(tmp_path / "kill", _five_task_config(None, weighting), "--ckpt_path", "last")
     )
     assert rc == 0, out[-3000:]
     a_run = tmp_path / "full" / "lightning_logs" / "version_0"

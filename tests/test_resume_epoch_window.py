@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from _cli_run import start_fit
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
@@ -85,16 +85,6 @@ def _config(kill_epoch: int | None = None) -> dict:
     return config
 
 
-def _start(cwd: Path, config: dict, *extra: str) -> subprocess.Popen:
-    cwd.mkdir(parents=True, exist_ok=True)
-    (cwd / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    command = [sys.executable, "-m", "mtl_lightning", "fit", "--config", "config.yaml", *extra]
-    return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
 def _wait(*processes: subprocess.Popen) -> list[tuple[int, str]]:
     outputs = [p.communicate(timeout=240)[0] for p in processes]
     return [(p.returncode, out) for p, out in zip(processes, outputs, strict=True)]
@@ -123,7 +113,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An uninterrupted run; a run killed in epoch 0's validation, resumed once to the end
     (``once``) and once killed again in epoch 1's validation and resumed again (``twice``)."""
     root = tmp_path_factory.mktemp("window")
-    full, kill = _start(root / "full", _config()), _start(root / "once", _config(kill_epoch=0))
+    full, kill = start_fit(root / "full", _config()), start_fit(root / "once", _config(kill_epoch=0))
     try:
         return _kill_and_resume(root, full, kill)
     finally:
@@ -134,10 +124,10 @@ def _kill_and_resume(root: Path, full: subprocess.Popen, kill: subprocess.Popen)
     [(rc, out)] = _wait(kill)
     assert rc == -signal.SIGKILL, out[-3000:]  # a real kill, not an exception
     shutil.copytree(root / "once", root / "twice")
-    once = _start(root / "once", _config(), "--ckpt_path", "last")
-    [(rc, out)] = _wait(_start(root / "twice", _config(kill_epoch=1), "--ckpt_path", "last"))
+    once = start_fit(root / "once", _config(), "--ckpt_path", "last")
+    [(rc, out)] = _wait(start_fit(root / "twice", _config(kill_epoch=1), "--ckpt_path", "last"))
     assert rc == -signal.SIGKILL, out[-3000:]
-    twice = _start(root / "twice", _config(), "--ckpt_path", "last")
+    twice = start_fit(root / "twice", _config(), "--ckpt_path", "last")
     (rc_full, out_full), (rc_once, out_once), (rc, out) = _wait(full, once, twice)
     assert rc_full == 0, out_full[-3000:]
     assert rc_once == 0, out_once[-3000:]
