@@ -115,6 +115,7 @@ class MultiTaskCLI(LightningCLI):
 
 
 EXTRA_COMMANDS = {"probe": "train fresh probes on a checkpoint's frozen representation"}
+EXTRA_COMMANDS["erase"] = "fit LEACE erasers on a checkpoint, retrain its heads, save a new one"
 EXTRA_COMMANDS["groups"] = "choose task groups from a TaskAffinity file (TAG network selection)"
 EXTRA_COMMANDS["compare"] = "train each task alone vs all tasks together (and groups); a table"
 
@@ -123,13 +124,18 @@ def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI | None
     """Entry point of ``python -m mtl_lightning``; ``args`` defaults to ``sys.argv[1:]``.
 
     ``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; ``probe`` to
-    :func:`mtl_lightning.probe.main`.
+    :func:`mtl_lightning.probe.main`, ``erase`` to :func:`mtl_lightning.erase.main`.
     """
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] == "probe":
         from mtl_lightning.probe import main as probe_main
 
         probe_main(argv[1:])
+        return None
+    if argv and argv[0] == "erase":
+        from mtl_lightning.erase import main as erase_main
+
+        erase_main(argv[1:])
         return None
     if argv and argv[0] in ("groups", "compare"):
         from mtl_lightning import compare, groups

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from mtl_lightning.adversary import Adversary, AdversaryConfig
+from mtl_lightning.adversary.config import adversary_configs, config_dict
+from mtl_lightning.adversary.metrics import AttackerMetrics
+from mtl_lightning.adversary.steps import AdversarySteps
 from mtl_lightning.callbacks.collective_order import (
     log_replicated,
     place_metrics_sync,
@@ -40,7 +45,8 @@ __all__ = ["MultiTaskModule", "NonFiniteError", "StepOutputs"]
 
 @dataclass
 class StepOutputs:
-    """What one forward pass produced: the inputs, the shared embedding, heads and losses."""
+    """What one forward pass produced: the inputs, the shared embedding (the trunk's output,
+    before any eraser: every trunk gradient is taken there), heads and losses."""
 
     features: Tensor
     targets: Mapping[str, Tensor]
@@ -48,6 +54,10 @@ class StepOutputs:
     embedding: Tensor
     outputs: dict[str, Tensor]
     losses: dict[str, Tensor]
+    #: per attacker-ensemble adversary: every attacker's (detached) logits, ``[M, B, K]``
+    attacker_logits: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    #: per attacker-ensemble adversary: the trunk's objective (in the graph, lambda not applied)
+    objectives: dict[str, Tensor] = dataclasses.field(default_factory=dict)
 
 
 STAGES = ("train", "val", "test")
@@ -75,7 +85,7 @@ def _overrides(strategy: WeightingStrategy, hook: str) -> bool:
     return getattr(type(strategy), hook) is not getattr(WeightingStrategy, hook)
 
 
-class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
+class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
     """A shared trunk feeding one head per task; adversarial heads sit behind gradient reversal.
 
     Every task is described by a :class:`~mtl_lightning.tasks.TaskSpec`; nothing here names a
@@ -102,6 +112,17 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         nonfinite: A NaN/inf task loss or gradient: ``"raise"`` a :class:`NonFiniteError`
             naming the task, step and batch; ``"skip"`` the step and count it
             (``train/skipped_steps``); ``"off"``: no check (saves a host sync per step).
+        adversary_config: Give every adversarial task an ensemble of attackers trained to their best
+            response, and a trunk objective against them
+            (:class:`~mtl_lightning.adversary.AdversaryConfig`; the CLI's configs do). ``None``
+            (the default here): each adversarial task has one head, trained jointly with the
+            trunk behind gradient reversal (``TaskSpec.adversary``: ``reversal`` or
+            ``confusion``; ``hsic`` always gets the ensemble) -- the classic set-up, whose head
+            is easily fooled: judge it with a probe. With an ensemble,
+            ``{stage}/{task}/acc|balanced_acc|f1|loss`` are the best attacker's (the worst
+            case) and ``{stage}/{task}/attacker/{i}/balanced_acc`` each attacker's.
+        adversaries: Per-task :class:`~mtl_lightning.adversary.AdversaryConfig` (by task
+            name), overriding ``adversary_config`` for those tasks.
 
     Batches may mark missing labels with ``-100`` (classes) or NaN (regression): those
     samples are left out of that task's loss and metrics, and a batch with none gives the
@@ -126,9 +147,12 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         weighting: WeightingStrategy | None = None,
         grad_cos_every_n_steps: int = 0,
         nonfinite: NonFinitePolicy = "raise",
+        adversary_config: AdversaryConfig | None = None,
+        adversaries: dict[str, AdversaryConfig] | None = None,
     ) -> None:
         super().__init__()
         self.tasks = validate_tasks(tasks)
+        configs = adversary_configs(self.tasks, adversary_config, adversaries)
         # Under LightningCLI this records the config (class_path/init_args of the trunk and the
         # optimizer), so `MultiTaskModule.load_from_checkpoint(path)` rebuilds the same model.
         with warnings.catch_warnings():  # a live trunk module is dropped from hparams below
@@ -141,6 +165,10 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
                 del self.hparams[key]
         # plain dicts, so checkpoints load with torch.load(weights_only=True)
         self.hparams["tasks"] = [t.to_dict() for t in self.tasks]
+        self.hparams["adversary_config"] = config_dict(adversary_config)
+        self.hparams["adversaries"] = (
+            {k: config_dict(v) for k, v in adversaries.items()} if adversaries else None
+        )
         self.trunk = trunk if trunk is not None else CNNTrunk()
         width = getattr(self.trunk, "out_features", None)
         if not isinstance(width, int):
@@ -149,9 +177,22 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
                 "(the size of the shared embedding)"
             )
         self.reversal = GradientReversal(grl_lambda)
-        self.heads = nn.ModuleDict(
-            {t.name: MLPHead(width, t.size, head_hidden) for t in self.tasks}
+        # attacker ensembles (and erasers) of the adversarial tasks that have them
+        self.adversaries = nn.ModuleDict(
+            {t.name: Adversary(t, width, configs[t.name]) for t in self.tasks if t.name in configs}
         )
+        self.heads = nn.ModuleDict(
+            {
+                t.name: MLPHead(width, t.size, head_hidden)
+                for t in self.tasks
+                if t.name not in self.adversaries
+            }
+        )
+        self.attacker_metrics = AttackerMetrics(
+            {n: (a.task, a.num_attackers) for n, a in self.adversaries.items()}
+        )
+        # seeds the attackers' re-initialisation: the same on every rank, kept by checkpoints
+        self.register_buffer("adversary_seed", torch.tensor(torch.initial_seed() % 2**31))
         # "train" is an nn.Module method, so stages are keyed "train_metrics", "val_metrics", ...
         self.stage_metrics = nn.ModuleDict(
             {
@@ -197,6 +238,8 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
             for module in holder.modules():
                 if isinstance(module, Metric):
                     module.persistent(True)
+        for metric in self.attacker_metrics.stage_modules("train"):
+            metric.persistent(True)
 
     # ------------------------------------------------------------------ model
     @property
@@ -213,16 +256,34 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         """Whether any task is adversarial."""
         return any(t.adversarial for t in self.tasks)
 
-    def embed(self, features: Tensor) -> Tensor:
-        """The shared representation."""
-        return self.trunk(features)
+    def embed(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The shared representation the heads see: the trunk's output (given the padding
+        ``mask`` of whole utterances, if any), through each adversary's eraser (if any)."""
+        raw = self.trunk(features) if mask is None else self.trunk(features, mask=mask)
+        return self.erase(raw)
+
+    def erase(self, embedding: Tensor) -> Tensor:
+        """Apply every adversary's LEACE eraser (the identity for those without one)."""
+        for adversary in self.adversaries.values():
+            embedding = adversary(embedding)
+        return embedding
 
     def forward_heads(self, embedding: Tensor) -> dict[str, Tensor]:
         """Apply every head. Reversal adversaries see the embedding through gradient reversal;
-        confusion adversaries see it detached (their own loss trains only the head)."""
+        confusion adversaries see it detached (their own loss trains only the head); an
+        attacker ensemble answers with its best attacker's logits (detached)."""
+        outputs = self._head_outputs(embedding)
+        for name, adversary in self.adversaries.items():
+            outputs[name] = adversary.logits(embedding)[int(adversary.best)]
+        return {t.name: outputs[t.name] for t in self.tasks}
+
+    def _head_outputs(self, embedding: Tensor) -> dict[str, Tensor]:
+        """The outputs of the heads (every task but the attacker ensembles)."""
         reversed_embedding = self.reversal(embedding) if self.has_adversary else embedding
         outputs = {}
         for t in self.tasks:
+            if t.name in self.adversaries:
+                continue
             if not t.adversarial:
                 outputs[t.name] = self.heads[t.name](embedding)
             elif t.adversary == "confusion":
@@ -239,7 +300,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         """
         losses = {}
         for t in self.tasks:
-            if t.adversarial and t.adversary == "confusion":
+            if t.adversarial and t.adversary == "confusion" and t.name not in self.adversaries:
                 head = self.heads[t.name]
                 frozen = {k: v.detach() for k, v in head.named_parameters()}
                 logits = torch.func.functional_call(head, frozen, (embedding,))
@@ -292,38 +353,67 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         return self.weighting(losses, self.tasks)
 
     def confusion_total(self, embedding: Tensor, stage: str, batch_size: int) -> Tensor | None:
-        """``lambda * sum_k w_k confusion_k`` over the confusion adversaries (logged), or None."""
+        """``lambda * sum_k w_k confusion_k`` over the confusion heads (logged), or None."""
         confusion = self.confusion_losses(embedding)
         if not confusion:
             return None
-        for name, value in confusion.items():
-            self.log(
-                f"{stage}/{name}/confusion",
-                value.detach(),
-                on_step=False,
-                on_epoch=True,
-                sync_dist=True,
-                batch_size=batch_size,
-            )
+        self._log_objectives(
+            {f"{stage}/{n}/confusion": v for n, v in confusion.items()}, batch_size
+        )
         weights = {t.name: t.weight for t in self.tasks}
         strength = self.reversal.lambda_.to(embedding.dtype)
         return strength * sum(weights[n] * c for n, c in confusion.items())
 
+    def adversary_total(self, step: StepOutputs, stage: str) -> Tensor | None:
+        """The trunk objectives added to the total: :meth:`confusion_total` plus, in training,
+        ``lambda * sum_k w_k objective_k`` over the attacker ensembles (``val/loss`` and
+        ``test/loss`` are the tasks' losses, the attackers' included); None when there is none.
+        The objectives are logged as ``{stage}/{task}/objective`` at the epoch's end."""
+        batch_size = step.features.shape[0]
+        total = self.confusion_total(step.embedding, stage, batch_size)
+        if not step.objectives:
+            return total
+        if stage != "train":  # logged at the epoch's end (AdversarySteps._log_attackers)
+            return total
+        weights = {t.name: t.weight for t in self.tasks}
+        strength = self.reversal.lambda_.to(step.embedding.dtype)
+        ensembles = strength * sum(weights[n] * o for n, o in step.objectives.items())
+        return ensembles if total is None else total + ensembles
+
+    def _log_objectives(self, values: Mapping[str, Tensor], batch_size: int) -> None:
+        for tag, value in values.items():
+            self.log(
+                tag, value.detach(), on_step=False, on_epoch=True, sync_dist=True,
+                batch_size=batch_size,
+            )  # fmt: skip
+
     # ------------------------------------------------------------------ steps
-    def forward_losses(self, batch: Any, batch_idx: int) -> StepOutputs:
-        """Check the batch, run trunk and heads, and compute every task's loss."""
+    def forward_losses(
+        self, batch: Any, batch_idx: int, train_adversaries: bool = False
+    ) -> StepOutputs:
+        """Check the batch, run trunk and heads, and compute every task's loss.
+
+        With ``train_adversaries`` (a training step), the erasers accumulate this batch and
+        the attackers take their best-response steps on it (after recording its logits)."""
         features, targets = unpack_batch(batch, batch_idx)
         if self.validate_inputs:
             check_batch(features, targets, self.tasks, batch_idx)
         masks = self.labelled_masks(targets)
         mask = batch.get("mask") if isinstance(batch, Mapping) else None
-        embedding = self.embed(features) if mask is None else self.trunk(features, mask=mask)
-        outputs = self.forward_heads(embedding)
+        raw = self.trunk(features) if mask is None else self.trunk(features, mask=mask)
+        embedding, erased_inputs = self._erase_batch(raw, targets, masks, train_adversaries)
+        outputs = self._head_outputs(embedding)
+        attacker_logits, objectives = self._attack_batch(
+            embedding, erased_inputs, targets, masks, outputs, train_adversaries
+        )
         losses = {
             t.name: self.task_loss(t, outputs[t.name], targets[t.name], masks[t.name])
             for t in self.tasks
         }
-        return StepOutputs(features, targets, masks, embedding, outputs, losses)
+        # the trunk's output: every trunk gradient (per task, on the manual path) is taken here
+        return StepOutputs(
+            features, targets, masks, raw, outputs, losses, attacker_logits, objectives
+        )
 
     def update_metrics(self, stage: str, step: StepOutputs, total: Tensor) -> None:
         """Update and log the stage's per-task metrics and losses (labelled samples only).
@@ -338,6 +428,11 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         for task in self.tasks:
             name, output, target = task.name, step.outputs[task.name], step.targets[task.name]
             mask = step.masks[name]
+            if name in step.attacker_logits:  # logged at the epoch's end: the worst case
+                self._update_attacker_metrics(
+                    stage, name, step.attacker_logits[name], target, mask, step.objectives[name]
+                )
+                continue
             labelled = int(mask.sum()) if not bool(mask.all()) else batch_size
             # a labelled-count-weighted torchmetrics mean: exact under DDP, whatever the shards
             loss_metric = self.stage_losses[f"{stage}_losses"][name]
@@ -382,7 +477,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         In training, when a task loss is not finite and ``nonfinite="skip"``, returns a zero
         loss whose step changes no parameter (:meth:`_skipped_step_loss`).
         """
-        step = self.forward_losses(batch, batch_idx)
+        step = self.forward_losses(batch, batch_idx, train_adversaries=stage == "train")
         if stage == "train":
             self._batch_idx, self._last_batch = batch_idx, batch
             if self._nonfinite_losses(step.losses, batch_idx):
@@ -392,7 +487,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         total = self.combine_losses(step.losses)
         if stage == "train":
             self._log_weights()
-        confusion = self.confusion_total(step.embedding, stage, step.features.shape[0])
+        confusion = self.adversary_total(step, stage)
         if confusion is not None:
             total = total + confusion
         self.update_metrics(stage, step, total)
@@ -410,6 +505,12 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         return self.shared_step(batch, batch_idx, "test")
 
     # ------------------------------------------------------------------ gradient methods
+    def _reduce_sum(self, tensor: Tensor) -> Tensor:
+        """Sum over DDP ranks (identity in one process)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return tensor
+        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+
     def _reduce_mean(self, tensor: Tensor) -> Tensor:
         """Mean over DDP ranks (identity in one process)."""
         if self._trainer is None or self.trainer.world_size == 1:
@@ -434,9 +535,12 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         terms = [
             t.weight * step.losses[t.name]
             for t in self.tasks
-            if t.adversarial and t.adversary == "reversal" and t.weight > 0
+            if t.adversarial
+            and t.adversary == "reversal"
+            and t.weight > 0
+            and t.name not in self.adversaries
         ]
-        confusion = self.confusion_total(step.embedding, "train", step.features.shape[0])
+        confusion = self.adversary_total(step, "train")
         if confusion is not None:
             terms.append(confusion)
         return torch.stack(terms).sum() if terms else None
@@ -464,6 +568,8 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         strength = self.reversal.lambda_.to(step.embedding.dtype)
 
         def trunk_objective(t: TaskSpec) -> Tensor:
+            if t.name in step.objectives:
+                return strength * t.weight * step.objectives[t.name]
             if t.name in confusion:
                 return strength * t.weight * confusion[t.name]
             return t.weight * step.losses[t.name]
@@ -494,7 +600,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         """
         strategy = self.weighting
         assert isinstance(strategy, GradientWeighting)
-        step = self.forward_losses(batch, batch_idx)
+        step = self.forward_losses(batch, batch_idx, train_adversaries=True)
         self._batch_idx, self._last_batch = batch_idx, batch
         if self._nonfinite_losses(step.losses, batch_idx):
             return None
@@ -699,8 +805,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         :meth:`forward_losses`, so predictions do not depend on the batch's padding."""
         features = batch["features"] if isinstance(batch, Mapping) else batch
         mask = batch.get("mask") if isinstance(batch, Mapping) else None
-        embedding = self.embed(features) if mask is None else self.trunk(features, mask=mask)
-        outputs = self.forward_heads(embedding)
+        outputs = self.forward_heads(self.embed(features, mask))
         result: dict[str, dict[str, Tensor]] = {}
         for task in self.tasks:
             out = outputs[task.name]
@@ -745,6 +850,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
                 for module in holder.modules():
                     if isinstance(module, Metric):
                         module.reset()
+            self._start_adversary_epoch()  # not again in a resumed epoch
 
     def _register_resumed_train_metrics(self) -> None:
         """Hand the training metric objects to ``self.log`` when this process ran no training
@@ -755,6 +861,8 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
             return
         self._epoch_logged.add("train")
         for task in self.tasks:
+            if task.name in self.adversaries:  # logged by _log_attackers
+                continue
             name = task.name
             losses = self.stage_losses["train_losses"][name]
             self.log(f"train/{name}/loss", losses, on_step=False, on_epoch=True)
@@ -766,12 +874,18 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._register_resumed_train_metrics()
         self._log_baselines("train")
+        self._log_attackers("train")
+        self._end_adversary_epoch()
         # every rank skips the same steps (the decision is reduced), so the count is replicated
         log_replicated(self, "train/skipped_steps", self.skipped_steps.float())
         if _overrides(self.weighting, "on_train_epoch_end"):
             losses = self.stage_losses["train_losses"]
             self.weighting.on_train_epoch_end(
-                {t.name: float(losses[t.name].compute()) for t in self.tasks}
+                {
+                    t.name: float(losses[t.name].compute())
+                    for t in self.tasks
+                    if t.name not in self.adversaries
+                }
             )
         if not self.automatic_optimization:  # manual optimisation steps its schedulers itself
             schedulers = self.lr_schedulers()
@@ -787,10 +901,13 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_baselines("val")
+        self._log_attackers("val")
         if self.trainer.sanity_checking or not _overrides(self.weighting, "on_validation_end"):
             return
         values: dict[str, dict[str, float]] = {}
         for task in self.tasks:
+            if task.name in self.adversaries:
+                continue
             collection = self.stage_metrics["val_metrics"][task.name]
             values[task.name] = {k: float(m.compute()) for k, m in collection.items()}
             values[task.name]["loss"] = float(self.stage_losses["val_losses"][task.name].compute())
@@ -798,6 +915,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_baselines("test")
+        self._log_attackers("test")
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -810,6 +928,7 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         sum_metric_states(
             self, checkpoint["state_dict"], lambda t: strategy.reduce(t, reduce_op="sum")
         )
+        self._sum_eraser_statistics(checkpoint["state_dict"], self._reduce_sum)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the saved global metric states on rank zero only, zeros on the other ranks.
@@ -820,10 +939,15 @@ class MultiTaskModule(NonFiniteGuard, pl.LightningModule):
         """
         if self.global_rank != 0:
             zero_metric_states(self, checkpoint["state_dict"])
+            self._sum_eraser_statistics(checkpoint["state_dict"], torch.zeros_like)
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        # the attackers have their own optimizer (their parameters never require gradients)
+        attackers = {id(p) for p in self.adversaries.parameters()}
+        optimizer = self.optimizer_factory([p for p in self.parameters() if id(p) not in attackers])
+        for adversary in self.adversaries.values():
+            adversary.set_base_lr(float(optimizer.param_groups[0]["lr"]))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

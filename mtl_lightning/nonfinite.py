@@ -146,9 +146,12 @@ class NonFiniteGuard:
                 with precision:
                     step = self.forward_losses(self._last_batch, self._batch_idx)
                 for task in self.tasks:
-                    grads = torch.autograd.grad(
-                        step.losses[task.name], params, retain_graph=True, allow_unused=True
-                    )
+                    # an attacker ensemble's loss is detached: its trunk objective is what
+                    # reaches the parameters
+                    loss = step.objectives.get(task.name, step.losses[task.name])
+                    if not loss.requires_grad:
+                        continue
+                    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
                     if any(g is not None and not bool(g.isfinite().all()) for g in grads):
                         bad.append(task.name)
         finally:

@@ -217,11 +217,7 @@ def embed_dataset(
         for batch in _full_loader(loader):
             features = batch["features"].to(device)
             mask = batch.get("mask")
-            z = (
-                model.embed(features)
-                if mask is None
-                else model.trunk(features, mask=mask.to(device))
-            )
+            z = model.embed(features, None if mask is None else mask.to(device))
             zs.append(z.float().cpu())
             for t in tasks:
                 ys[t].append(batch["targets"][t].cpu())
@@ -279,6 +275,34 @@ def write_probe_results(
                 writer.add_scalar(f"probe/{r.task}/{r.probe}/{key}", getattr(r, key), step)
 
 
+def load_run(ckpt_path: str | Path) -> tuple[Any, Any, Path]:
+    """A run's model (eval mode, CPU) and datamodule (set up for ``fit``, with the
+    checkpoint's datamodule state), rebuilt from the checkpoint and the run's ``config.yaml``;
+    and the run directory."""
+    from mtl_lightning.module import MultiTaskModule
+
+    ckpt_path = Path(ckpt_path).resolve()
+    run_dir = ckpt_path.parent.parent
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise FileNotFoundError(
+            f"{config_file} not found: the checkpoint must sit in a run directory's checkpoints/"
+        )
+    data_cfg = yaml.safe_load(config_file.read_text())["data"]
+    module_name, _, class_name = data_cfg["class_path"].rpartition(".")
+    data = getattr(importlib.import_module(module_name), class_name)(
+        **data_cfg.get("init_args", {})
+    )
+    model = MultiTaskModule.load_from_checkpoint(str(ckpt_path), map_location="cpu").eval()
+    data.setup("fit")
+    # the datamodule's own checkpoint state (e.g. label vocabulary, feature statistics), as
+    # Lightning restores it for validate/test/predict --ckpt_path
+    state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    if type(data).__qualname__ in state and hasattr(data, "load_state_dict"):
+        data.load_state_dict(state[type(data).__qualname__])
+    return model, data, run_dir
+
+
 def probe_checkpoint(
     ckpt_path: str | Path, tasks: Sequence[str] | None = None, n_boot: int = 1000
 ) -> list[ProbeResult]:
@@ -288,26 +312,8 @@ def probe_checkpoint(
     and logged to TensorBoard as ``probe/{task}/{linear|mlp}/balanced_acc`` (and ``chance``,
     ``ci_low``, ``ci_high``).
     """
-    from mtl_lightning.module import MultiTaskModule
-
-    ckpt_path = Path(ckpt_path).resolve()
-    run_dir = ckpt_path.parent.parent
-    config_file = run_dir / "config.yaml"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{config_file} not found: probe needs the run directory's config")
-    data_cfg = yaml.safe_load(config_file.read_text())["data"]
-    module_name, _, class_name = data_cfg["class_path"].rpartition(".")
-    data = getattr(importlib.import_module(module_name), class_name)(
-        **data_cfg.get("init_args", {})
-    )
-    model = MultiTaskModule.load_from_checkpoint(str(ckpt_path), map_location="cpu").eval()
-    probe_task_names(model, tasks)  # fail before building the data
-    data.setup("fit")
-    # the datamodule's own checkpoint state (e.g. label vocabulary, feature statistics), as
-    # Lightning restores it for validate/test/predict --ckpt_path
-    state = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
-    if type(data).__qualname__ in state and hasattr(data, "load_state_dict"):
-        data.load_state_dict(state[type(data).__qualname__])
+    model, data, run_dir = load_run(ckpt_path)
+    probe_task_names(model, tasks)
     results = probe_model(
         model, data.train_dataloader(), data.val_dataloader(), tasks, n_boot=n_boot
     )

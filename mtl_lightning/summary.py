@@ -77,34 +77,45 @@ def task_results(
     return rows
 
 
+def add_probe_results(rows: Sequence[dict[str, Any]], probes: Sequence[Any]) -> None:
+    """Put each probe's balanced accuracy in its task's row as ``probe_linear`` / ``probe_mlp``.
+
+    Example:
+        >>> from types import SimpleNamespace as P
+        >>> rows = task_results([TaskSpec("a", 2)], {})
+        >>> add_probe_results(rows, [P(task="a", probe="mlp", balanced_acc=0.5)])
+        >>> rows[0]["probe_mlp"]
+        0.5
+    """
+    by_task = {r["task"]: r for r in rows}
+    for p in probes:
+        if p.task in by_task:
+            by_task[p.task][f"probe_{p.probe}"] = float(p.balanced_acc)
+
+
 def format_table(rows: Sequence[Mapping[str, Any]], stage: str = "val") -> str:
-    """Plain-text table: task, role, accuracy, balanced accuracy, chance, verdict.
+    """Plain-text table: task, role, accuracy, balanced accuracy, chance, verdict; and the
+    linear and MLP probes' balanced accuracy when a probe ran (``-`` for unprobed tasks).
 
     Example:
         >>> print(format_table(task_results([TaskSpec("a", 2)], {"val/a/balanced_acc": 0.5})))
         task  role  val acc  val balanced acc  chance  verdict
         a     main      nan             0.500   0.500  not learned (at chance)
     """
-    header = ["task", "role", f"{stage} acc", f"{stage} balanced acc", "chance", "verdict"]
+    probe_keys = [k for k in ("probe_linear", "probe_mlp") if any(k in r for r in rows)]
+    header = ["task", "role", f"{stage} acc", f"{stage} balanced acc", "chance"]
+    header += [k.replace("probe_", "") + " probe" for k in probe_keys] + ["verdict"]
     body = []
     for r in rows:
+        probes = [f"{r[k]:.3f}" if k in r else "-" for k in probe_keys]
         if r["kind"] == "classification":
-            body.append(
-                [
-                    r["task"],
-                    r["role"],
-                    f"{r['acc']:.3f}",
-                    f"{r['balanced_acc']:.3f}",
-                    f"{r['chance']:.3f}",
-                    r["verdict"],
-                ]
-            )
+            cells = [r["task"], r["role"], f"{r['acc']:.3f}", f"{r['balanced_acc']:.3f}"]
+            body.append(cells + [f"{r['chance']:.3f}", *probes, r["verdict"]])
         else:
-            body.append(
-                [r["task"], r["role"], f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-", "-"]
-            )
+            cells = [r["task"], r["role"], f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-"]
+            body.append(cells + probes + ["-"])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    numeric = {2, 3, 4}
+    numeric = set(range(2, 5 + len(probe_keys)))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(

@@ -9,7 +9,7 @@ from typing import Literal
 
 TaskKind = Literal["classification", "regression"]
 TaskRole = Literal["main", "adversarial"]
-AdversaryKind = Literal["reversal", "confusion"]
+AdversaryKind = Literal["reversal", "confusion", "hsic"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,9 @@ class TaskSpec:
             ``"confusion"``: the head learns on detached features and the trunk minimises
             ``lambda`` times the cross-entropy between the (frozen) head's prediction and the
             uniform distribution, so it is pushed to make the head *uncertain*, not wrong.
+            ``"hsic"``: the head learns on detached features and the trunk minimises
+            ``lambda`` times a kernel measure of dependence between the embedding and the labels
+            (:func:`~mtl_lightning.adversary.class_mmd`); nothing to fool.
         only_when: A conditional task: ``{"seed": [1]}`` means this task's labels count only
             where task ``seed`` has label 1; elsewhere they are treated as missing. Missing
             labels (``-100`` for classes, NaN for regression) never enter the loss or metrics.
@@ -59,13 +62,15 @@ class TaskSpec:
             raise ValueError(
                 f"task {self.name!r}: role must be 'main' or 'adversarial', got {self.role!r}"
             )
-        if self.adversary not in ("reversal", "confusion"):
+        if self.adversary not in ("reversal", "confusion", "hsic"):
             raise ValueError(
-                f"task {self.name!r}: adversary must be 'reversal' or 'confusion', "
+                f"task {self.name!r}: adversary must be 'reversal', 'confusion' or 'hsic', "
                 f"got {self.adversary!r}"
             )
-        if self.adversary == "confusion" and self.kind != "classification":
-            raise ValueError(f"task {self.name!r}: the confusion adversary needs classification")
+        if self.adversary != "reversal" and self.kind != "classification":
+            raise ValueError(
+                f"task {self.name!r}: the {self.adversary} adversary needs classification"
+            )
         minimum = 2 if self.kind == "classification" else 1
         if not isinstance(self.size, int) or self.size < minimum:
             raise ValueError(

@@ -12,7 +12,9 @@ import torch
 from mtl_lightning.data import SyntheticSpeechDataModule
 
 # under pytest-xdist's two workers, one thread each (the machine's cores are shared)
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, torch.get_num_threads()))
+torch.set_num_threads(
+    1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, torch.get_num_threads())
+)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 

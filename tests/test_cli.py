@@ -56,7 +56,7 @@ def test_default_is_the_speaker_adversarial_config():
     explicit = yaml.safe_load((ROOT / "configs" / "speaker_adversarial.yaml").read_text())
     baseline = yaml.safe_load((ROOT / "configs" / "speaker_baseline.yaml").read_text())
     assert default == explicit
-    assert default["reversal"] == {"schedule": "dann", "max_lambda": 1.0, "gamma": 10.0}
+    assert default["reversal"] == {"schedule": "dann", "max_lambda": 12.0, "gamma": 10.0}
     assert baseline["reversal"]["max_lambda"] == 0.0
     baseline["reversal"] = default["reversal"]
     assert baseline == default  # identical but for lambda
@@ -77,7 +77,10 @@ def test_default_fit_writes_run_directory(in_tmp, capsys):
     assert 0.0 <= summary["tasks"][0]["balanced_acc"] <= 1.0
     assert summary["grl_lambda"] > 0
     out = capsys.readouterr().out
-    assert "task     role         val acc  val balanced acc  chance  verdict" in out
+    header = (
+        "task     role         val acc  val balanced acc  chance  linear probe  mlp probe  verdict"
+    )
+    assert header in out  # the default's LeakageProbe puts its figures in the table
     assert "speaker  adversarial" in out
 
     tags, plugins = _event_contents(run)

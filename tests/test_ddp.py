@@ -70,10 +70,11 @@ def _train_epoch_scalars(run: Path) -> dict[str, list[float]]:
     }
 
 
-# The default scenario with three changes that make 1 and 2 processes comparable: GroupNorm
+# The default scenario with four changes that make 1 and 2 processes comparable: GroupNorm
 # (BatchNorm's batch statistics are per process; --trainer.sync_batchnorm fixes that, but only on
-# GPUs), no dropout (its masks differ) and SGD (Adam's first steps are lr * sign(g), which turns
-# float-rounding differences in near-zero gradients into lr-sized ones).
+# GPUs), no dropout (its masks differ) and SGD for the model and the attackers (Adam's first steps
+# are lr * sign(g), which turns float-rounding differences in near-zero gradients into lr-sized
+# ones; the attackers' all-gathered batch is the single process's in another order).
 EQUIVALENT = [
     "--model.trunk.init_args.norm",
     "group",
@@ -83,6 +84,8 @@ EQUIVALENT = [
     "torch.optim.SGD",
     "--model.optimizer.lr",
     "0.05",
+    "--model.adversary_config.optimizer",
+    "sgd",
     "--trainer.deterministic",
     "true",
 ]

@@ -59,7 +59,12 @@ def test_readme_ddp_command_verbatim(tmp_path):
     [
         pytest.param([*_config("weighting_aggregation.yaml"), *SMALL_TABLE], id="upgrad"),
         pytest.param(
-            [*_config("weighting_dynamic.yaml"), *SMALL_TABLE, "--model.weighting", "DynamicWeightAverage"],
+            [
+                *_config("weighting_dynamic.yaml"),
+                *SMALL_TABLE,
+                "--model.weighting",
+                "DynamicWeightAverage",
+            ],
             id="dwa",  # computes the epoch's training losses in on_train_epoch_end
         ),
         pytest.param(

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from _cli_run import start_fit
+from _resume_helpers import same
 
 from mtl_lightning.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, find_last_checkpoint
 from mtl_lightning.cli import DEFAULT_CONFIG
@@ -110,7 +111,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert a["global_step"] == b["global_step"] == 2 * BATCHES_PER_EPOCH
     # model (including the reversal lambda buffer set by the schedule), bit for bit
     assert a["state_dict"].keys() == b["state_dict"].keys()
-    different = [k for k, v in a["state_dict"].items() if not torch.equal(v, b["state_dict"][k])]
+    different = [k for k, v in a["state_dict"].items() if not same(v, b["state_dict"][k])]
     assert not different, different
     assert "reversal.lambda_" in a["state_dict"]
     # optimizer moments and the LR scheduler
@@ -122,7 +123,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     for step in (20, 24):
         mid_a = _load(a_run / "checkpoints" / f"step-step={step}.ckpt")["state_dict"]
         mid_b = _load(b_run / "checkpoints" / f"step-step={step}.ckpt")["state_dict"]
-        assert all(torch.equal(v, mid_b[k]) for k, v in mid_a.items()), step
+        assert all(same(v, mid_b[k]) for k, v in mid_a.items()), step
 
     # metrics: the validation summary and the interrupted epoch's training metrics
     val_a = json.loads((a_run / "summary.json").read_text())["val"]
@@ -186,7 +187,7 @@ def test_sigkill_resume_restores_weighting_and_affinity_state(tmp_path, weightin
     assert a["global_step"] == b["global_step"] == 24
     # model and weighting state (FAMO's logits and last losses live in the module's state_dict)
     assert any(k.startswith("weighting.") for k in a["state_dict"]) or weighting != "famo"
-    different = [k for k, v in a["state_dict"].items() if not torch.equal(v, b["state_dict"][k])]
+    different = [k for k, v in a["state_dict"].items() if not same(v, b["state_dict"][k])]
     assert not different, different
     sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert all(torch.equal(sa[i][k], sb[i][k]) for i in sa for k in sa[i])

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from _cli_run import start_fit
+from _resume_helpers import same
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader, TensorDataset
@@ -113,7 +114,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An uninterrupted run; a run killed in epoch 0's validation, resumed once to the end
     (``once``) and once killed again in epoch 1's validation and resumed again (``twice``)."""
     root = tmp_path_factory.mktemp("window")
-    full, kill = start_fit(root / "full", _config()), start_fit(root / "once", _config(kill_epoch=0))
+    full, kill = (
+        start_fit(root / "full", _config()),
+        start_fit(root / "once", _config(kill_epoch=0)),
+    )
     try:
         return _kill_and_resume(root, full, kill)
     finally:
@@ -137,8 +141,6 @@ def _kill_and_resume(root: Path, full: subprocess.Popen, kill: subprocess.Popen)
     return {"full": root / "full", "once": root / "once", "twice": root / "twice"}
 
 
-
-
 def _assert_resumed_equals_full(full: Path, resumed: Path, first_epoch: int) -> None:
     a, b = _load(full / "final.ckpt"), _load(resumed / "final.ckpt")
     assert a["global_step"] == b["global_step"] == EPOCHS * BATCHES
@@ -148,7 +150,7 @@ def _assert_resumed_equals_full(full: Path, resumed: Path, first_epoch: int) -> 
     # its loader reports the equivalent "none drawn yet" (a next epoch starts afresh anyway)
     finished_only = [{"epoch": EPOCHS - 1, "batches": 0}] if first_epoch == EPOCHS - 1 else None
     assert loaders[1] in (loaders[0], finished_only)
-    different = {k for k, v in a["state_dict"].items() if not torch.equal(v, b["state_dict"][k])}
+    different = {k for k, v in a["state_dict"].items() if not same(v, b["state_dict"][k])}
     assert not different, different  # the model and the weighting's buffers, bit for bit
     assert any(k.startswith("weighting.") for k in a["state_dict"])
     sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]

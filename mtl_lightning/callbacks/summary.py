@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mtl_lightning.summary import format_table, task_results, update_summary
+from mtl_lightning.summary import add_probe_results, format_table, task_results, update_summary
 from mtl_lightning.tasks import TaskSpec
 
 
@@ -41,6 +41,17 @@ def tensorboard_layout(tasks: list[TaskSpec]) -> dict[str, dict[str, list[Any]]]
         },
     }
     layout["adversary"] = {"gradient reversal lambda": ["Multiline", ["train/grl_lambda"]]}
+    for t in tasks:
+        if t.adversarial and t.is_classification:  # the worst case beside the fresh probes
+            layout["adversary"][f"{t.name}: attackers vs probes vs chance"] = [
+                "Multiline",
+                [
+                    f"val/{t.name}/balanced_acc",
+                    f"val/{t.name}/attacker/.*/balanced_acc",
+                    f"probe/{t.name}/.*/balanced_acc",
+                    f"val/{t.name}/chance",
+                ],
+            ]
     return layout
 
 
@@ -106,6 +117,9 @@ class MultiTaskSummary(pl.Callback):
             return
         metrics = dict(trainer.callback_metrics)
         rows = task_results(pl_module.tasks, metrics, stage)
+        if stage == "val":  # the figures of a LeakageProbe that ran when training ended
+            probes = [r for c in trainer.callbacks for r in getattr(c, "results", None) or []]
+            add_probe_results(rows, [r for r in probes if hasattr(r, "probe")])
         payload: dict[str, Any] = {
             "epoch": trainer.current_epoch,
             "global_step": trainer.global_step,

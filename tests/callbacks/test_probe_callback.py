@@ -90,8 +90,8 @@ def test_unknown_task_fails_before_training(tmp_path, tiny_speech):
     assert trainer.global_step == 0
 
 
-def test_enabled_from_the_command_line(in_tmp):
-    """The README's form: append the callback to the config's callbacks."""
+def test_the_default_configs_probe_is_set_from_the_command_line(in_tmp):
+    """The default config ends its callbacks with a LeakageProbe: the README's form sets it."""
     cli = main(
         [
             "fit",
@@ -103,7 +103,6 @@ def test_enabled_from_the_command_line(in_tmp):
             "false",
             "--trainer.max_epochs",
             "1",
-            "--trainer.callbacks+=mtl_lightning.callbacks.LeakageProbe",
             "--trainer.callbacks.n_boot=30",
         ]
     )
