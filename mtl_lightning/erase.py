@@ -83,7 +83,8 @@ def fit_erasers(model: Any, loader: Any, names: Sequence[str]) -> None:
 def retrain_heads(
     model: Any, z: Tensor, labels: dict[str, Tensor], epochs: int = 30, seed: int = 0
 ) -> None:
-    """Fine-tune every main head, and retrain every attacker, on the frozen embeddings ``z``."""
+    """Fine-tune every main head (mini-batches of 64, Adam) and retrain every attacker (full
+    batch, 10 steps per epoch of the heads) on the frozen embeddings ``z``."""
     torch.manual_seed(seed)
     heads = [t for t in model.tasks if t.name in model.heads and not t.adversarial]
     params = [p for t in heads for p in model.heads[t.name].parameters()]
@@ -101,10 +102,15 @@ def retrain_heads(
             )
             loss.backward()
             optimizer.step()
-            for name, adversary in model.adversaries.items():
-                keep = masks[name][idx]
-                if int(keep.sum()) >= 2:
-                    adversary.attackers.best_response(z[idx][keep], labels[name][idx][keep].long())
+    for name, adversary in model.adversaries.items():
+        keep = masks[name]
+        ensemble = adversary.attackers
+        memory, steps = ensemble.memory, ensemble.steps
+        ensemble.memory, ensemble.steps = 0, 10 * max(epochs, 1)  # the whole split, each step
+        try:
+            ensemble.best_response(z[keep], labels[name][keep].long())
+        finally:
+            ensemble.memory, ensemble.steps = memory, steps
     model.eval()
 
 

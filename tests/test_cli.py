@@ -58,8 +58,10 @@ def test_default_is_the_speaker_adversarial_config():
     assert default == explicit
     assert default["reversal"] == {"schedule": "dann", "max_lambda": 12.0, "gamma": 10.0}
     assert baseline["reversal"]["max_lambda"] == 0.0
+    assert baseline["model"]["adversary_config"]["erase"] is False
     baseline["reversal"] = default["reversal"]
-    assert baseline == default  # identical but for lambda
+    baseline["model"]["adversary_config"]["erase"] = True
+    assert baseline == default  # identical but for lambda and the eraser
 
 
 def test_default_fit_writes_run_directory(in_tmp, capsys):

@@ -51,6 +51,7 @@ class Adversary(nn.Module):
             config.steps,
             lr=1e-3 * config.lr_multiplier,
             optimizer=config.optimizer,
+            memory=config.memory,
         )
         self.eraser = LinearEraser(width, task.size) if config.erase else None
         # the attacker with the best balanced accuracy at the last validation: it answers

@@ -32,8 +32,10 @@ def attacker(in_features: int, num_classes: int, hidden: int) -> nn.Sequential:
 class AttackerEnsemble(nn.Module):
     """``M`` attackers of one task, trained by their own optimizer to their best response.
 
-    :meth:`best_response` takes ``steps`` optimizer steps of every attacker on a detached
-    embedding; the trunk never trains them, and their parameters do not require gradients
+    :meth:`best_response` adds a detached batch to a memory of the latest ``memory`` samples
+    and takes ``steps`` optimizer steps of every attacker on the whole memory (a weak, spread-out
+    signal needs many samples per step: on 64-sample batches alone the attackers missed what a
+    full-batch probe read at 0.98); the trunk never trains them, and their parameters do not require gradients
     (so no other optimizer, and no DDP gradient reducer, sees them). :meth:`reinitialise`
     draws attacker ``i`` afresh from a seed and clears its optimizer state. The optimizer's
     state travels with the module's ``state_dict`` (``_extra_state``), so checkpoints resume it.
@@ -45,6 +47,7 @@ class AttackerEnsemble(nn.Module):
         steps: Optimizer steps per training batch.
         lr: Learning rate of the attackers' optimizer.
         optimizer: ``"adam"`` or ``"sgd"``.
+        memory: Samples kept for the steps (the latest batches'; ``0``: the current batch only).
 
     Example:
         >>> ens = AttackerEnsemble(8, 3, hidden=[0, 16], steps=2)
@@ -63,11 +66,15 @@ class AttackerEnsemble(nn.Module):
         steps: int = 5,
         lr: float = 5e-3,
         optimizer: str = "adam",
+        memory: int = 0,
     ) -> None:
         super().__init__()
         self.in_features, self.num_classes = in_features, num_classes
         self.hidden = [int(h) for h in hidden]
         self.steps = steps
+        self.memory = memory
+        self._memory_z = torch.zeros(0, in_features)
+        self._memory_y = torch.zeros(0, dtype=torch.long)
         self.attackers = nn.ModuleList(attacker(in_features, num_classes, h) for h in self.hidden)
         self.attackers.requires_grad_(False)
         params = self.attackers.parameters()
@@ -99,11 +106,17 @@ class AttackerEnsemble(nn.Module):
 
     @torch.enable_grad()
     def best_response(self, embedding: Tensor, target: Tensor) -> Tensor:
-        """Train every attacker ``steps`` times on ``(embedding, target)`` (detached, float32);
-        return the logits of the first pass (before this batch moved them), detached."""
+        """Add ``(embedding, target)`` (detached, float32) to the memory and train every attacker
+        ``steps`` times on it; return this batch's logits before the steps moved them, detached."""
         z = embedding.detach().float()
+        with torch.no_grad():
+            first_logits = self.frozen_logits(z)
+        if self.memory > 0:
+            keep = self.memory
+            self._memory_z = torch.cat([self._memory_z.to(z.device), z])[-keep:]
+            self._memory_y = torch.cat([self._memory_y.to(z.device), target.long()])[-keep:]
+            z, target = self._memory_z, self._memory_y
         params = list(self.attackers.parameters())
-        first: Tensor | None = None
         with torch.autocast(device_type=z.device.type, enabled=False):
             for _ in range(self.steps):
                 for p in params:
@@ -117,14 +130,11 @@ class AttackerEnsemble(nn.Module):
                 finally:
                     for p in params:
                         p.requires_grad_(False)
-                if first is None:
-                    first = logits.detach()
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-        assert first is not None
-        return first
+        return first_logits
 
     def reinitialise(self, index: int, seed: int) -> None:
         """Draw attacker ``index`` afresh (from ``seed``, the same on every rank and device)
@@ -140,7 +150,13 @@ class AttackerEnsemble(nn.Module):
     def get_extra_state(self) -> dict[str, Any]:
         # a copy: Optimizer.load_state_dict keeps the given tensors, and a state dict loaded
         # in memory must not share moments with the ensemble it came from
-        return {"optimizer": copy.deepcopy(self.optimizer.state_dict())}
+        return {
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "memory_z": self._memory_z.clone(),
+            "memory_y": self._memory_y.clone(),
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if "memory_z" in state:
+            self._memory_z, self._memory_y = state["memory_z"].clone(), state["memory_y"].clone()

@@ -22,6 +22,8 @@ class AdversaryConfig:
             Each sits behind a non-affine BatchNorm, so it reads standardised embeddings.
         steps: Optimizer steps of every attacker per training batch, on the detached embedding
             (its *best response* to the current trunk).
+        memory: The steps train on the latest ``memory`` samples (this batch's and the previous
+            ones', detached), not on the batch alone (``0``).
         lr_multiplier: The attackers' learning rate, as a multiple of the model optimizer's
             (first group's) learning rate.
         optimizer: The attackers' optimizer: ``"adam"`` (default) or ``"sgd"`` (plain SGD,
@@ -53,6 +55,7 @@ class AdversaryConfig:
 
     attackers: Sequence[int] = field(default=(0, 128, 128))
     steps: int = 5
+    memory: int = 512
     lr_multiplier: float = 5.0
     optimizer: Literal["adam", "sgd"] = "adam"
     reinit_every_n_epochs: int = 1
@@ -73,6 +76,8 @@ class AdversaryConfig:
             )
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"{where}: steps (k) must be an integer >= 1, got {self.steps!r}")
+        if not isinstance(self.memory, int) or self.memory < 0:
+            raise ValueError(f"{where}: memory must be an integer >= 0, got {self.memory!r}")
         if not (math.isfinite(self.lr_multiplier) and self.lr_multiplier > 0):
             raise ValueError(f"{where}: lr_multiplier must be > 0, got {self.lr_multiplier}")
         if self.optimizer not in ("adam", "sgd"):

@@ -87,3 +87,17 @@ def test_a_linear_probe_is_at_chance_on_the_data_the_eraser_was_fitted_on():
     acc, low, high = bootstrap_balanced_accuracy(after, y, 11)
     assert acc_before > 0.9
     assert low <= 1 / 11 <= high, (acc, low, high)
+
+
+def test_the_memory_keeps_the_latest_samples_and_travels_with_the_state_dict():
+    x, y = _data(200)
+    ens = AttackerEnsemble(8, 4, hidden=(0,), steps=1, memory=96)
+    for i in range(0, 200, 40):
+        ens.best_response(x[i : i + 40], y[i : i + 40])
+    state = ens.state_dict()["_extra_state"]
+    assert torch.equal(state["memory_z"], x[104:200]) and torch.equal(state["memory_y"], y[104:200])
+    restored = AttackerEnsemble(8, 4, hidden=(0,), steps=1, memory=96)
+    restored.load_state_dict(ens.state_dict())
+    ens.best_response(x[:8], y[:8])
+    restored.best_response(x[:8], y[:8])
+    assert torch.equal(ens.attackers[0][1].weight, restored.attackers[0][1].weight)

@@ -56,7 +56,7 @@ def _tiny_data(**kwargs):
     )
 
 
-def _fit(model, data, epochs=2, **trainer):
+def _fit(model, data, epochs=1, **trainer):
     options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     t = pl.Trainer(max_epochs=epochs, accelerator="cpu", **{**options, **trainer})
     t.fit(model, data)
@@ -127,7 +127,7 @@ def test_the_manual_gradient_path_runs_the_ensemble_and_steps_the_attackers():
 def test_erasure_between_trunk_and_heads_is_fitted_each_epoch_and_checkpointed(tmp_path):
     data = _tiny_data(speaker_adversary="hsic")
     model = MultiTaskModule(data.tasks, adversary_config=AdversaryConfig(attackers=[0], erase=True))
-    trainer = _fit(model, data, epochs=2)
+    trainer = _fit(model, data)
     eraser = model.adversaries["speaker"].eraser
     assert bool(eraser.fitted) and not torch.equal(eraser.projection, torch.eye(128))
     path = tmp_path / "m.ckpt"

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, DualProj, PCGrad, UPGrad
 
+from mtl_lightning.adversary import AdversaryConfig
 from mtl_lightning.cli import main
 from mtl_lightning.data import SyntheticSpeechDataModule
 from mtl_lightning.module import MultiTaskModule
@@ -183,10 +184,11 @@ class _Ones(GradientWeighting):
 
 
 @pytest.mark.parametrize("level", ["shared", "rep"])
-@pytest.mark.parametrize("speaker_role", ["main", "adversarial"])
+@pytest.mark.parametrize("speaker_role", ["main", "adversarial", "ensemble"])
 def test_manual_path_with_unit_weights_equals_the_plain_sum(level, speaker_role, tmp_path):
     """The hand-written gradient path (per-task gradients, .grad, optimizer step, adversaries
-    added after aggregation) with unit weights reproduces automatic optimisation of the sum."""
+    added after aggregation) with unit weights reproduces automatic optimisation of the sum;
+    ``ensemble``: the speaker's attackers and its hsic objective (adversary room)."""
     models = []
     for weighting in (StaticWeighting(), _Ones(level)):
         pl.seed_everything(0, verbose=False)
@@ -194,15 +196,22 @@ def test_manual_path_with_unit_weights_equals_the_plain_sum(level, speaker_role,
             _data()
             if speaker_role == "main"
             else SyntheticSpeechDataModule(
-                per_pair=2, per_pair_eval=1, n_mels=16, frames=16, batch_size=32
+                per_pair=2,
+                per_pair_eval=1,
+                n_mels=16,
+                frames=16,
+                batch_size=32,
+                speaker_adversary="hsic" if speaker_role == "ensemble" else "reversal",
             )
         )
+        ensemble = AdversaryConfig(attackers=[0, 8], steps=2, optimizer="sgd", erase=True)
         model = MultiTaskModule(
             dm.tasks,
             trunk=CNNTrunk(dropout=0.0),
             weighting=weighting,
             optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
             grl_lambda=0.7,
+            adversary_config=ensemble if speaker_role == "ensemble" else None,
         )
         if models:  # identical initial parameters
             model.load_state_dict(models[0].initial, strict=False)
@@ -216,7 +225,8 @@ def test_manual_path_with_unit_weights_equals_the_plain_sum(level, speaker_role,
     manual_state = manual.state_dict()
     compared = 0
     for key, value in plain.state_dict().items():
-        if key.startswith(("trunk.", "heads.")) and value.is_floating_point():
+        tensor = isinstance(value, torch.Tensor) and value.is_floating_point()
+        if key.startswith(("trunk.", "heads.", "adversaries.")) and tensor:
             torch.testing.assert_close(manual_state[key], value, atol=1e-5, rtol=1e-4, msg=key)
             compared += 1
     assert compared > 10
