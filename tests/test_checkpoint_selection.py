@@ -51,7 +51,7 @@ def test_last_refuses_another_experiment_then_resumes_its_own(in_tmp):
     assert f"newest found: {Path('lightning_logs/version_0/checkpoints/last.ckpt')}" in message
     assert "resources/default.yaml" in message  # the current run, by its config
     assert (
-        "['reversal']" in message
+        "['model', 'reversal']" in message  # the control has no eraser either
         and "reversal.max_lambda: 0.0 in the checkpoint, 12.0 now" in message
     )
     assert f"--config {Path('lightning_logs/version_0/config.yaml')} --ckpt_path" in message

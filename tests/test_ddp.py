@@ -131,7 +131,9 @@ def test_two_process_fit_resume_and_test_equal_single_process(tmp_path):
     assert list(w_two) == list(w_one)
     assert any(k.startswith("train_class_counts.") for k in w_one)
     for key, value in w_one.items():
-        torch.testing.assert_close(w_two[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        # the attackers' memory holds embeddings, activations carrying the trunk's rounding
+        atol = 1e-4 if key.endswith("attackers._extra_state") else 1e-5
+        torch.testing.assert_close(w_two[key], value, rtol=1e-4, atol=atol, msg=key)
 
     # resume the 2-process run from its mid-epoch checkpoint with 2 processes: the epoch's
     # training metrics (synced over ranks) and the final checkpoint equal the uninterrupted run

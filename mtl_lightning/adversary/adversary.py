@@ -21,6 +21,18 @@ from mtl_lightning.tasks import TaskSpec
 Gather = Callable[[Tensor], Tensor]
 
 
+def _global_order(gathered: Tensor) -> Tensor:
+    """``[world, B, ...]`` from an all-gather -> ``[world * B, ...]`` in the global batch's order:
+    the training sampler gives rank ``r`` every ``world``-th sample, so the global batch
+    interleaves the ranks (the attackers then see one process's batch, in its order).
+
+    Example:
+        >>> _global_order(torch.tensor([[0, 2, 4], [1, 3, 5]])).tolist()
+        [0, 1, 2, 3, 4, 5]
+    """
+    return gathered.transpose(0, 1).flatten(0, 1)
+
+
 class Adversary(nn.Module):
     """Judge and fight one adversarial task (see :class:`AdversaryConfig` for the settings).
 
@@ -87,8 +99,8 @@ class Adversary(nn.Module):
             logits = self.attackers.frozen_logits(embedding.detach().float())
         z, y = embedding.detach(), target
         if gather is not None:  # [world, B, ...] -> [world * B, ...], masks included
-            z, y = gather(z).flatten(0, 1), gather(y).flatten(0, 1)
-            mask = gather(mask).flatten(0, 1) if mask is not None else None
+            z, y = _global_order(gather(z)), _global_order(gather(y))
+            mask = _global_order(gather(mask)) if mask is not None else None
         if mask is not None:
             z, y = z[mask], y[mask]
         if z.shape[0] >= 2:  # BatchNorm needs two samples
@@ -118,7 +130,7 @@ class Adversary(nn.Module):
         ``hsic`` is not a mean over samples: under DDP it is computed on every rank's samples,
         gathered *with* their gradients (``gather``), so that DDP's gradient mean equals one
         process's gradient on the global batch."""
-        if gather is not None and self.kind == "hsic":
+        if gather is not None and self.kind == "hsic":  # HSIC is order-free: no reordering
             embedding, target = gather(embedding).flatten(0, 1), gather(target).flatten(0, 1)
             mask = gather(mask).flatten(0, 1) if mask is not None else None
         if mask is not None:

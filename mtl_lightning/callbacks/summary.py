@@ -40,7 +40,9 @@ def tensorboard_layout(tasks: list[TaskSpec]) -> dict[str, dict[str, list[Any]]]
             for t in tasks
         },
     }
-    layout["adversary"] = {"gradient reversal lambda": ["Multiline", ["train/grl_lambda"]]}
+    layout["adversary"] = {
+        "lambda (adversary strength, train/grl_lambda)": ["Multiline", ["train/grl_lambda"]]
+    }
     for t in tasks:
         if t.adversarial and t.is_classification:  # the worst case beside the fresh probes
             layout["adversary"][f"{t.name}: attackers vs probes vs chance"] = [
