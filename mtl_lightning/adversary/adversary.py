@@ -33,6 +33,21 @@ def _global_order(gathered: Tensor) -> Tensor:
     return gathered.transpose(0, 1).flatten(0, 1)
 
 
+def _labelled(
+    z: Tensor,
+    y: Tensor,
+    mask: Tensor | None,
+    gather: Gather | None,
+    order: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """The labelled samples of a batch; with ``gather``, of every rank's batch (``[world, B,
+    ...]`` flattened by ``order``, masks included)."""
+    if gather is not None:
+        z, y = order(gather(z)), order(gather(y))
+        mask = order(gather(mask)) if mask is not None else None
+    return (z[mask], y[mask]) if mask is not None else (z, y)
+
+
 class Adversary(nn.Module):
     """Judge and fight one adversarial task (see :class:`AdversaryConfig` for the settings).
 
@@ -97,12 +112,7 @@ class Adversary(nn.Module):
         then ``steps`` updates on its labelled samples (all ranks' samples with ``gather``)."""
         with torch.no_grad():
             logits = self.attackers.frozen_logits(embedding.detach().float())
-        z, y = embedding.detach(), target
-        if gather is not None:  # [world, B, ...] -> [world * B, ...], masks included
-            z, y = _global_order(gather(z)), _global_order(gather(y))
-            mask = _global_order(gather(mask)) if mask is not None else None
-        if mask is not None:
-            z, y = z[mask], y[mask]
+        z, y = _labelled(embedding.detach(), target, mask, gather, _global_order)
         if z.shape[0] >= 2:  # BatchNorm needs two samples
             self.attackers.best_response(z, y.long())
         return logits
@@ -130,11 +140,10 @@ class Adversary(nn.Module):
         ``hsic`` is not a mean over samples: under DDP it is computed on every rank's samples,
         gathered *with* their gradients (``gather``), so that DDP's gradient mean equals one
         process's gradient on the global batch."""
-        if gather is not None and self.kind == "hsic":  # HSIC is order-free: no reordering
-            embedding, target = gather(embedding).flatten(0, 1), gather(target).flatten(0, 1)
-            mask = gather(mask).flatten(0, 1) if mask is not None else None
-        if mask is not None:
-            embedding, target = embedding[mask], target[mask]
+        if self.kind != "hsic":  # a mean over samples: each rank's own
+            gather = None
+        # HSIC does not depend on the samples' order: rank order, no reordering
+        embedding, target = _labelled(embedding, target, mask, gather, lambda t: t.flatten(0, 1))
         if embedding.shape[0] == 0:
             return embedding.sum() * 0.0
         if self.kind == "hsic":
