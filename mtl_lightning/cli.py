@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -22,9 +23,10 @@ from mtl_lightning.checkpoint_io import (
     find_last_checkpoint,
     remove_stale_temp_files,
 )
-from mtl_lightning.checks import check_checkpoint_file
+from mtl_lightning.checks import CheckpointFileError, check_checkpoint_file
 from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.module import MultiTaskModule
+from mtl_lightning.run_config import check_checkpoint_tasks, check_importable, run_config_of
 
 DEFAULT_CONFIG = str(resources.files("mtl_lightning") / "resources" / "default.yaml")
 
@@ -78,6 +80,8 @@ class MultiTaskCLI(LightningCLI):
         if not any(isinstance(c, EpochEndResume) for c in callbacks):
             callbacks.append(EpochEndResume())  # a last-batch step checkpoint (issue 12)
         callbacks.append(ConfigFingerprint.from_cli(self))  # for `--ckpt_path last` (issue 12)
+        if trainer.get("enable_checkpointing") is not False:
+            callbacks = with_last_checkpoint(callbacks)
         fail_fast = ensure_fail_fast(callbacks)  # bounded collectives and SIGTERM (issue 12)
         kwargs = {"plugins": plugins, "callbacks": callbacks, **kwargs}
         built = super().instantiate_trainer(**kwargs)
@@ -97,8 +101,17 @@ class MultiTaskCLI(LightningCLI):
             found = find_last_checkpoint(self.trainer, stamp)
             if found is not None:
                 config["ckpt_path"] = found
-        if config.get("ckpt_path"):
-            check_checkpoint_file(config["ckpt_path"])
+            elif self.subcommand != "fit":  # fit starts afresh; evaluating nothing is an error
+                dirs = [str(d) for d in checkpoint_dirs(self.trainer)]
+                raise CheckpointFileError(
+                    f"--ckpt_path last: no last*.ckpt of this experiment under {dirs}; "
+                    f"{self.subcommand} would use an untrained model. Pass --ckpt_path <file>"
+                )
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path:
+            check_checkpoint_file(ckpt_path)
+            if Path(str(ckpt_path)).is_file():
+                check_checkpoint_tasks(ckpt_path, self.model.tasks)
 
     before_fit = before_validate = before_test = before_predict = _check_ckpt_path
 
@@ -170,4 +183,49 @@ def with_default_config(argv: list[str]) -> list[str]:
         return argv
     if any(a in ("-c", "--config") or a.startswith("--config=") for a in argv[1:]):
         return argv
-    return [argv[0], "--config", DEFAULT_CONFIG, *argv[1:]]
+    config = DEFAULT_CONFIG
+    if argv[0] != "fit":  # a checkpoint evaluated alone brings its run's config
+        run_config = run_config_of(ckpt) if (ckpt := _argument(argv, "--ckpt_path")) else None
+        if run_config is not None:
+            check_importable(run_config)
+            print(f"mtl_lightning: using the run's config {run_config}", file=sys.stderr)
+            config = str(run_config)
+    return [argv[0], "--config", config, *argv[1:]]
+
+
+def _argument(argv: list[str], name: str) -> str | None:
+    """The value of ``name`` in ``argv`` (``--name value`` or ``--name=value``), last one wins.
+
+    Example:
+        >>> _argument(["test", "--ckpt_path", "a.ckpt", "--ckpt_path=b.ckpt"], "--ckpt_path")
+        'b.ckpt'
+    """
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def with_last_checkpoint(callbacks: list[Any]) -> list[Any]:
+    """Make the callbacks save a ``last.ckpt``: the first ``ModelCheckpoint`` whose
+    ``save_last`` is unset gets ``save_last=True``; with no ``ModelCheckpoint`` at all, one is
+    added (Lightning's default one keeps no ``last.ckpt``). ``save_last: false`` is kept.
+
+    Example:
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> [c.save_last for c in with_last_checkpoint([])]
+        [True]
+        >>> [c.save_last for c in with_last_checkpoint([ModelCheckpoint(save_last=False)])]
+        [False]
+    """
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    if not checkpoints:
+        return [*callbacks, ModelCheckpoint(save_last=True)]
+    if not any(c.save_last for c in checkpoints):
+        unset = [c for c in checkpoints if c.save_last is None]
+        if unset:
+            unset[0].save_last = True
+    return callbacks

@@ -35,6 +35,13 @@ from mtl_lightning.metrics import (
 )
 from mtl_lightning.metrics.rank_states import sum_metric_states, zero_metric_states
 from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
+from mtl_lightning.nn.contract import (
+    TrunkContractError,
+    check_trunk_output,
+    narrow_embedding_warning,
+    takes_mask,
+    trunk_width,
+)
 from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
 from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, labelled_mask, unpack_batch
@@ -170,12 +177,12 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             {k: config_dict(v) for k, v in adversaries.items()} if adversaries else None
         )
         self.trunk = trunk if trunk is not None else CNNTrunk()
-        width = getattr(self.trunk, "out_features", None)
-        if not isinstance(width, int):
-            raise TypeError(
-                f"trunk {type(self.trunk).__name__} must expose an integer `out_features` "
-                "(the size of the shared embedding)"
-            )
+        width = trunk_width(self.trunk)
+        narrow = narrow_embedding_warning(width, self.tasks)
+        if narrow:
+            warnings.warn(narrow, stacklevel=2)
+        self._trunk_takes_mask = takes_mask(self.trunk)
+        self._trunk_checked = False  # the output's shape is checked once, at the first batch
         self.reversal = GradientReversal(grl_lambda)
         # attacker ensembles (and erasers) of the adversarial tasks that have them
         self.adversaries = nn.ModuleDict(
@@ -259,8 +266,27 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
     def embed(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
         """The shared representation the heads see: the trunk's output (given the padding
         ``mask`` of whole utterances, if any), through each adversary's eraser (if any)."""
-        raw = self.trunk(features) if mask is None else self.trunk(features, mask=mask)
-        return self.erase(raw)
+        return self.erase(self.run_trunk(features, mask))
+
+    def run_trunk(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The trunk's output, its contract (``[batch, out_features]``) checked on the first
+        call; a padding ``mask`` goes to trunks whose ``forward`` takes one."""
+        if mask is None:
+            raw = self.trunk(features)
+        elif self._trunk_takes_mask:
+            raw = self.trunk(features, mask=mask)
+        elif bool(mask.all()):  # nothing padded: the mask carries no information
+            raw = self.trunk(features)
+        else:
+            raise TrunkContractError(
+                f"trunk {type(self.trunk).__name__} takes no `mask`, but this batch pads "
+                "variable-length inputs; give forward a `mask=None` keyword (True = real "
+                "frame) or crop the inputs to a fixed length"
+            )
+        if not self._trunk_checked:
+            check_trunk_output(self.trunk, features, raw)
+            self._trunk_checked = True
+        return raw
 
     def erase(self, embedding: Tensor) -> Tensor:
         """Apply every adversary's LEACE eraser (the identity for those without one)."""
@@ -400,7 +426,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             check_batch(features, targets, self.tasks, batch_idx)
         masks = self.labelled_masks(targets)
         mask = batch.get("mask") if isinstance(batch, Mapping) else None
-        raw = self.trunk(features) if mask is None else self.trunk(features, mask=mask)
+        raw = self.run_trunk(features, mask)
         embedding, erased_inputs = self._erase_batch(raw, targets, masks, train_adversaries)
         outputs = self._head_outputs(embedding)
         attacker_logits, objectives = self._attack_batch(

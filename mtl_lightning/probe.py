@@ -280,6 +280,7 @@ def load_run(ckpt_path: str | Path) -> tuple[Any, Any, Path]:
     checkpoint's datamodule state), rebuilt from the checkpoint and the run's ``config.yaml``;
     and the run directory."""
     from mtl_lightning.module import MultiTaskModule
+    from mtl_lightning.run_config import check_importable
 
     ckpt_path = Path(ckpt_path).resolve()
     run_dir = ckpt_path.parent.parent
@@ -288,6 +289,7 @@ def load_run(ckpt_path: str | Path) -> tuple[Any, Any, Path]:
         raise FileNotFoundError(
             f"{config_file} not found: the checkpoint must sit in a run directory's checkpoints/"
         )
+    check_importable(config_file)  # a user's own trunk or datamodule module, run elsewhere
     data_cfg = yaml.safe_load(config_file.read_text())["data"]
     module_name, _, class_name = data_cfg["class_path"].rpartition(".")
     data = getattr(importlib.import_module(module_name), class_name)(
