@@ -49,7 +49,8 @@ def check_split(
 
     Checks: the split is not empty; it has labels for every declared task and for no other; label
     and feature row counts agree; features are finite; class labels are integers in ``[0, K)``
-    (``-100`` marks a missing label); regression targets are finite or NaN (missing).
+    (``-100`` marks a missing label); regression targets are finite or NaN (missing);
+    multilabel targets are float ``[n, size]`` rows of 0./1. or all NaN (a missing sample).
 
     Example:
         >>> check_split("val", torch.zeros(3, 2), {"a": torch.tensor([0, 4, 1])}, [TaskSpec("a", 3)])
@@ -97,10 +98,34 @@ def check_split(
                     f"{where}: labels must be in [0, {task.size}) (or -100 for missing); "
                     f"found {_listed(values)[1:-1]} at row(s) {_rows(bad)}"
                 )
+        elif task.is_multilabel:
+            _check_multilabel_split(y, task, where)
         elif y.is_floating_point():
             inf = torch.isinf(y.reshape(n, -1)).any(dim=1)
             if bool(inf.any()):
                 raise DataError(f"{where}: targets contain inf at row(s) {_rows(inf)}")
+
+
+def _check_multilabel_split(y: Tensor, task: TaskSpec, where: str) -> None:
+    if not y.is_floating_point() or list(y.shape) != [y.shape[0], task.size]:
+        raise DataError(
+            f"{where}: multilabel targets must be a float tensor of shape "
+            f"[{y.shape[0]}, {task.size}] holding 0./1., got shape {list(y.shape)} dtype {y.dtype}"
+        )
+    missing = torch.isnan(y)
+    partial = missing.any(dim=1) & ~missing.all(dim=1)
+    if bool(partial.any()):
+        raise DataError(
+            f"{where}: a row's labels must be all 0./1. or all NaN (a missing sample); "
+            f"partly NaN at row(s) {_rows(partial)}"
+        )
+    bad = ~missing & (y != 0) & (y != 1)
+    if bool(bad.any()):
+        values = sorted(set(y[bad].tolist()))
+        raise DataError(
+            f"{where}: multilabel targets must be 0. or 1.; found {_listed(values)[1:-1]} "
+            f"at row(s) {_rows(bad.any(dim=1))}"
+        )
 
 
 def warn_missing_classes(
@@ -111,7 +136,8 @@ def warn_missing_classes(
     """Warn (:class:`MissingClassWarning`) for each class a split has but training never shows.
 
     The model cannot learn such a class: its accuracy on it is zero whatever the training does.
-    Returns ``(split, task, class)`` triples.
+    Returns ``(split, task, class)`` triples. Only classification tasks are checked (a
+    multilabel task's labels are independent binary outputs, each seen as 0 or 1).
 
     Example:
         >>> import warnings

@@ -26,6 +26,8 @@ def task_metric(task: TaskSpec) -> tuple[str, bool]:
         >>> task_metric(TaskSpec("a", 3)), task_metric(TaskSpec("b", 1, kind="regression"))
         (('balanced_acc', True), ('mse', False))
     """
+    if task.is_multilabel:
+        return ("f1_macro", True)
     return ("balanced_acc", True) if task.is_classification else ("mse", False)
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -26,15 +25,16 @@ from mtl_lightning.callbacks.collective_order import (
 )
 from mtl_lightning.gradients import cosine_matrix, flat_grad, gram_matrix, write_grads
 from mtl_lightning.log_cadence import logger_writes_step
+from mtl_lightning.losses import ClassWeights, labelled_masks, task_loss
 from mtl_lightning.metrics import (
-    ClassCounts,
     LossMean,
-    confusion_counts,
-    majority_rate,
+    task_baselines,
     task_metrics,
+    training_counts,
+    update_task_metrics,
 )
 from mtl_lightning.metrics.rank_states import sum_metric_states, zero_metric_states
-from mtl_lightning.nn import CNNTrunk, GradientReversal, MLPHead
+from mtl_lightning.nn import CNNTrunk, GradientReversal
 from mtl_lightning.nn.contract import (
     TrunkContractError,
     check_trunk_output,
@@ -42,9 +42,10 @@ from mtl_lightning.nn.contract import (
     takes_mask,
     trunk_width,
 )
+from mtl_lightning.nn.heads import decode, task_heads
 from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
 from mtl_lightning.tasks import TaskSpec, validate_tasks
-from mtl_lightning.validation import check_batch, labelled_mask, unpack_batch
+from mtl_lightning.validation import check_batch, unpack_batch
 from mtl_lightning.weighting import GradientWeighting, StaticWeighting, WeightingStrategy
 
 __all__ = ["MultiTaskModule", "NonFiniteError", "StepOutputs"]
@@ -101,7 +102,8 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
     Args:
         tasks: The tasks (linked from the datamodule by the CLI).
         trunk: Shared ``nn.Module`` exposing ``out_features``; default :class:`CNNTrunk`.
-        head_hidden: Hidden width of each task's MLP head (0 for a linear head).
+        head_hidden: Hidden width of each task's MLP head (0 for a linear head), unless its
+            ``TaskSpec.head_hidden`` / ``head_depth`` say otherwise.
         optimizer: Callable building the optimizer from the parameters (default AdamW, lr 1e-3).
         lr_scheduler: Optional callable building a scheduler from the optimizer (stepped per epoch).
         grl_lambda: Initial gradient-reversal strength (a schedule callback usually sets it).
@@ -188,13 +190,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         self.adversaries = nn.ModuleDict(
             {t.name: Adversary(t, width, configs[t.name]) for t in self.tasks if t.name in configs}
         )
-        self.heads = nn.ModuleDict(
-            {
-                t.name: MLPHead(width, t.size, head_hidden)
-                for t in self.tasks
-                if t.name not in self.adversaries
-            }
-        )
+        self.heads = task_heads(self.tasks, width, head_hidden, skip=self.adversaries.keys())
         self.attacker_metrics = AttackerMetrics(
             {n: (a.task, a.num_attackers) for n, a in self.adversaries.items()}
         )
@@ -215,9 +211,10 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
                 for s in STAGES
             }
         )
-        self.train_class_counts = nn.ModuleDict(
-            {t.name: ClassCounts(t.size) for t in self.tasks if t.is_classification}
-        )
+        counts = {t.name: training_counts(t) for t in self.tasks}
+        self.train_class_counts = nn.ModuleDict({n: c for n, c in counts.items() if c is not None})
+        # TaskSpec.class_weights as checkpointed buffers ("balanced": resolved at fit start)
+        self.class_weights = ClassWeights(self.tasks)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.validate_inputs = validate_inputs
@@ -339,12 +336,13 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
     # ------------------------------------------------------------------ losses
     @staticmethod
     def task_loss(
-        task: TaskSpec, output: Tensor, target: Tensor, mask: Tensor | None = None
+        task: TaskSpec,
+        output: Tensor,
+        target: Tensor,
+        mask: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> Tensor:
-        """Cross-entropy (classes) or mean squared error (regression) over labelled samples.
-
-        ``mask`` marks the labelled samples; with none labelled the loss is exactly 0 (and
-        still part of the graph, so every parameter gets a gradient, as DDP expects).
+        """The task's loss over labelled samples (:func:`mtl_lightning.losses.task_loss`).
 
         Example:
             >>> t = TaskSpec("a", 3)
@@ -352,27 +350,11 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             ...                                 torch.tensor([False, False])))
             0.0
         """
-        if mask is not None and not bool(mask.all()):
-            if not bool(mask.any()):
-                return output.sum() * 0.0
-            output, target = output[mask], target[mask]
-        if task.is_classification:
-            return F.cross_entropy(output, target.long())
-        # at least float32: under bf16-mixed the head's output is bf16, and casting the targets
-        # to it would round them to 8 significant bits (37.3 -> 37.25)
-        dtype = torch.promote_types(output.dtype, torch.float32)
-        return F.mse_loss(output.to(dtype), target.reshape(output.shape).to(dtype))
+        return task_loss(task, output, target, mask, weight)
 
     def labelled_masks(self, targets: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Per task, which samples carry a usable label (missing and ``only_when`` applied)."""
-        base = {t.name: labelled_mask(t, targets[t.name]) for t in self.tasks}
-        masks = dict(base)
-        for task in self.tasks:
-            for other, values in (task.only_when or {}).items():
-                cond = targets[other]
-                allowed = torch.tensor(values, device=cond.device, dtype=cond.dtype)
-                masks[task.name] = masks[task.name] & base[other] & torch.isin(cond, allowed)
-        return masks
+        return labelled_masks(self.tasks, targets)
 
     def combine_losses(self, losses: Mapping[str, Tensor]) -> Tensor:
         """Total loss from the weighting strategy (default: static ``TaskSpec`` weights)."""
@@ -433,7 +415,9 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             embedding, erased_inputs, targets, masks, outputs, train_adversaries
         )
         losses = {
-            t.name: self.task_loss(t, outputs[t.name], targets[t.name], masks[t.name])
+            t.name: task_loss(
+                t, outputs[t.name], targets[t.name], masks[t.name], self.class_weights.get(t.name)
+            )
             for t in self.tasks
         }
         # the trunk's output: every trunk gradient (per task, on the manual path) is taken here
@@ -470,19 +454,9 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             if labelled < batch_size:
                 output, target = output[mask], target[mask]
             if labelled:
-                if task.is_classification:
-                    # one confusion matrix per task feeds acc, balanced_acc, f1 and (its row
-                    # sums) the training label counts
-                    counts = confusion_counts(output.detach(), target, task.size)
-                    for metric in collection.values():
-                        metric.update(counts=counts)
-                    if stage == "train":
-                        self.train_class_counts[name].update(counts=counts.sum(dim=1))
-                else:  # in at least float32, as the loss (bf16 would round the targets)
-                    dtype = torch.promote_types(output.dtype, torch.float32)
-                    collection.update(
-                        output.detach().to(dtype), target.reshape(output.shape).to(dtype)
-                    )
+                counted = stage == "train" and name in self.train_class_counts
+                counts = self.train_class_counts[name] if counted else None
+                update_task_metrics(task, collection, output, target, counts)
             for key, metric in collection.items() if register else ():
                 self.log(f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True)
         total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
@@ -825,34 +799,23 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
                     self.log(f"train/grad_cos/{a}__{names[j]}", value, on_step=True, on_epoch=False)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, dict[str, Tensor]]:
-        """Per task: ``pred`` (class index or regression output) and, for classes, ``prob``.
+        """Per task: ``pred`` (class index, 0/1 per label, or regression output) and, for
+        classes and labels, ``prob`` (:func:`mtl_lightning.nn.heads.decode`).
 
         A ``batch["mask"]`` (whole utterances padded per batch) goes to the trunk as in
         :meth:`forward_losses`, so predictions do not depend on the batch's padding."""
         features = batch["features"] if isinstance(batch, Mapping) else batch
         mask = batch.get("mask") if isinstance(batch, Mapping) else None
         outputs = self.forward_heads(self.embed(features, mask))
-        result: dict[str, dict[str, Tensor]] = {}
-        for task in self.tasks:
-            out = outputs[task.name]
-            if task.is_classification:
-                result[task.name] = {"pred": out.argmax(-1), "prob": out.softmax(-1)}
-            else:
-                result[task.name] = {"pred": out}
-        return result
+        return {task.name: decode(task, outputs[task.name]) for task in self.tasks}
 
     # ------------------------------------------------------------------ baselines
     def _log_baselines(self, stage: str) -> None:
-        for task in self.tasks:
-            if not task.is_classification:
-                continue
-            log_replicated(self, f"{stage}/{task.name}/chance", task.chance)
-            counts = self.train_class_counts[task.name].counts.clone()
-            if self._trainer is not None:  # sum the training-label counts over DDP ranks
-                counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-            majority = majority_rate(counts)
-            if not torch.isnan(majority):
-                log_replicated(self, f"{stage}/{task.name}/majority", float(majority))
+        for task in self.tasks:  # the training-label counts are summed over DDP ranks
+            held = task.name in self.train_class_counts
+            counts = self.train_class_counts[task.name] if held else None
+            for key, value in task_baselines(task, counts, self._reduce_sum).items():
+                log_replicated(self, f"{stage}/{task.name}/{key}", value)
 
     def setup(self, stage: str) -> None:
         """Put :class:`~mtl_lightning.callbacks.EpochMetricsSync` before the progress bar: the
@@ -862,6 +825,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             place_metrics_sync(self.trainer)
 
     def on_fit_start(self) -> None:
+        self.class_weights.resolve_from(self.trainer)  # "balanced": once, unless restored
         self.weighting.set_reducer(self._reduce_mean)
         self._epoch_logged.clear()  # a fresh (or resumed) fit registers its metrics again
 
@@ -920,9 +884,11 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
                     scheduler.step()
 
     def on_validation_epoch_start(self) -> None:
+        self.class_weights.resolve_from(self.trainer)  # a no-op once resolved or restored
         self._epoch_logged.discard("val")
 
     def on_test_epoch_start(self) -> None:
+        self.class_weights.resolve_from(self.trainer)
         self._epoch_logged.discard("test")
 
     def on_validation_epoch_end(self) -> None:

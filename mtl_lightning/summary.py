@@ -15,8 +15,15 @@ from mtl_lightning.tasks import TaskSpec
 CHANCE_TOLERANCE = 0.05
 
 
-def verdict(task: TaskSpec, balanced_acc: float, tolerance: float = CHANCE_TOLERANCE) -> str:
-    """Judge a task's balanced accuracy against its chance level ``1/K``.
+def verdict(
+    task: TaskSpec,
+    balanced_acc: float,
+    tolerance: float = CHANCE_TOLERANCE,
+    baseline: float = float("nan"),
+) -> str:
+    """Judge a task's balanced accuracy against its chance level ``1/K``; a multilabel task's
+    ``f1_macro`` (passed as ``balanced_acc``) against its ``baseline``, the ``f1_macro`` of the
+    best constant predictor (:func:`~mtl_lightning.metrics.constant_f1_macro`).
 
     An adversary *below* chance is confidently wrong, which still leaks the attribute, so only
     ``|balanced_acc - chance| <= tolerance`` counts as "at chance".
@@ -27,7 +34,13 @@ def verdict(task: TaskSpec, balanced_acc: float, tolerance: float = CHANCE_TOLER
         ('at chance', 'above chance (leaks)', 'below chance (leaks)')
         >>> verdict(TaskSpec("emotion", 5), 0.93)
         'learned'
+        >>> verdict(TaskSpec("tags", 3, kind="multilabel"), 0.55, baseline=0.53)
+        'not learned (at baseline)'
     """
+    if task.is_multilabel:
+        if not (math.isfinite(balanced_acc) and math.isfinite(baseline)):
+            return "n/a"
+        return "learned" if balanced_acc - baseline > tolerance else "not learned (at baseline)"
     if not task.is_classification or not math.isfinite(balanced_acc):
         return "n/a"
     delta = balanced_acc - task.chance
@@ -50,6 +63,9 @@ def task_results(
 ) -> list[dict[str, Any]]:
     """One record per task from logged ``{stage}/{task}/...`` metrics, with its verdict.
 
+    A multilabel task's record has ``f1_micro``, ``f1_macro``, ``exact_match`` and
+    ``baseline``; its verdict compares ``f1_macro`` with the baseline.
+
     Example:
         >>> rows = task_results([TaskSpec("a", 2)], {"val/a/acc": 0.9, "val/a/balanced_acc": 0.8})
         >>> rows[0]["verdict"], rows[0]["chance"]
@@ -57,11 +73,10 @@ def task_results(
     """
     rows = []
     for task in tasks:
-        keys = (
-            ("loss", "acc", "balanced_acc", "f1", "majority")
-            if task.is_classification
-            else ("loss", "mse", "mae")
-        )
+        keys = {
+            "classification": ("loss", "acc", "balanced_acc", "f1", "majority"),
+            "multilabel": ("loss", "f1_micro", "f1_macro", "exact_match", "baseline"),
+        }.get(task.kind, ("loss", "mse", "mae"))
         record: dict[str, Any] = {
             "task": task.name,
             "role": task.role,
@@ -73,6 +88,8 @@ def task_results(
         if task.is_classification:
             record["chance"] = task.chance
             record["verdict"] = verdict(task, record["balanced_acc"])
+        elif task.is_multilabel:
+            record["verdict"] = verdict(task, record["f1_macro"], baseline=record["baseline"])
         rows.append(record)
     return rows
 
@@ -96,11 +113,17 @@ def add_probe_results(rows: Sequence[dict[str, Any]], probes: Sequence[Any]) -> 
 def format_table(rows: Sequence[Mapping[str, Any]], stage: str = "val") -> str:
     """Plain-text table: task, role, accuracy, balanced accuracy, chance, verdict; and the
     linear and MLP probes' balanced accuracy when a probe ran (``-`` for unprobed tasks).
+    A multilabel task shows its exact match, ``f1_macro`` and baseline in those columns.
 
     Example:
         >>> print(format_table(task_results([TaskSpec("a", 2)], {"val/a/balanced_acc": 0.5})))
         task  role  val acc  val balanced acc  chance  verdict
         a     main      nan             0.500   0.500  not learned (at chance)
+        >>> tags = TaskSpec("tags", 3, kind="multilabel")
+        >>> logged = {"val/tags/f1_macro": 0.8, "val/tags/exact_match": 0.6, "val/tags/baseline": 0.5}
+        >>> print(format_table(task_results([tags], logged)))
+        task  role      val acc  val balanced acc  chance  verdict
+        tags  main  exact 0.600    f1_macro 0.800   0.500  learned
     """
     probe_keys = [k for k in ("probe_linear", "probe_mlp") if any(k in r for r in rows)]
     header = ["task", "role", f"{stage} acc", f"{stage} balanced acc", "chance"]
@@ -111,6 +134,10 @@ def format_table(rows: Sequence[Mapping[str, Any]], stage: str = "val") -> str:
         if r["kind"] == "classification":
             cells = [r["task"], r["role"], f"{r['acc']:.3f}", f"{r['balanced_acc']:.3f}"]
             body.append(cells + [f"{r['chance']:.3f}", *probes, r["verdict"]])
+        elif r["kind"] == "multilabel":
+            cells = [r["task"], r["role"], f"exact {r['exact_match']:.3f}"]
+            cells += [f"f1_macro {r['f1_macro']:.3f}", f"{r['baseline']:.3f}"]
+            body.append(cells + [*probes, r["verdict"]])
         else:
             cells = [r["task"], r["role"], f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-"]
             body.append(cells + probes + ["-"])

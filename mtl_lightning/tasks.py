@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-TaskKind = Literal["classification", "regression"]
+TaskKind = Literal["classification", "regression", "multilabel"]
 TaskRole = Literal["main", "adversarial"]
 AdversaryKind = Literal["reversal", "confusion", "hsic"]
 
@@ -18,8 +19,14 @@ class TaskSpec:
 
     Args:
         name: Unique task name; used in metric tags (``val/{name}/acc``) and batch keys.
-        size: Number of classes (classification) or outputs (regression).
-        kind: ``"classification"`` (cross-entropy) or ``"regression"`` (mean squared error).
+        size: Number of classes (classification), outputs (regression) or binary labels
+            (multilabel).
+        kind: ``"classification"`` (cross-entropy), ``"regression"`` (mean squared error) or
+            ``"multilabel"``: ``size`` independent 0/1 labels per sample, targets a float
+            ``[batch, size]`` tensor of 0./1. (an all-NaN row marks a missing sample), loss the
+            binary cross-entropy with logits, metrics ``f1_micro``, ``f1_macro`` and
+            ``exact_match`` (threshold 0.5 on the sigmoid); its baseline is the ``f1_macro`` of
+            the best constant predictor (:func:`~mtl_lightning.metrics.constant_f1_macro`).
         role: ``"main"`` tasks are learned; ``"adversarial"`` tasks sit behind gradient
             reversal so the shared representation is trained to carry no information about them.
         weight: Static weight of the task's loss in the total.
@@ -34,6 +41,15 @@ class TaskSpec:
         only_when: A conditional task: ``{"seed": [1]}`` means this task's labels count only
             where task ``seed`` has label 1; elsewhere they are treated as missing. Missing
             labels (``-100`` for classes, NaN for regression) never enter the loss or metrics.
+        class_weights: Main classification tasks: ``"balanced"`` (``n / (K * count_k)`` from
+            the training split's labels, resolved once when fitting starts and kept in the
+            model's checkpoint) or ``size`` positive floats, the cross-entropy's ``weight``.
+            Main multilabel tasks: the BCE ``pos_weight`` per label (``"balanced"``:
+            negatives / positives of each label in the training split).
+        label_smoothing: Main classification tasks: cross-entropy label smoothing, in ``[0, 1)``.
+        head_hidden: Hidden width of this task's head (None: the model's ``head_hidden``).
+        head_depth: Hidden layers of this task's head, 0 for a linear head (None: one hidden
+            layer, or none when the width is 0).
 
     Example:
         >>> spec = TaskSpec("speaker", 11, role="adversarial")
@@ -48,15 +64,20 @@ class TaskSpec:
     weight: float = 1.0
     adversary: AdversaryKind = "reversal"
     only_when: Mapping[str, Sequence[int]] | None = dataclasses.field(default=None, hash=False)
+    class_weights: Literal["balanced"] | Sequence[float] | None = None
+    label_smoothing: float = 0.0
+    head_hidden: int | None = None
+    head_depth: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or not self.name.strip() == self.name:
             raise ValueError(
                 f"TaskSpec name {self.name!r} must be non-empty, without '/' or spaces"
             )
-        if self.kind not in ("classification", "regression"):
+        if self.kind not in ("classification", "regression", "multilabel"):
             raise ValueError(
-                f"task {self.name!r}: kind must be 'classification' or 'regression', got {self.kind!r}"
+                f"task {self.name!r}: kind must be 'classification', 'regression' or "
+                f"'multilabel', got {self.kind!r}"
             )
         if self.role not in ("main", "adversarial"):
             raise ValueError(
@@ -66,6 +87,10 @@ class TaskSpec:
             raise ValueError(
                 f"task {self.name!r}: adversary must be 'reversal', 'confusion' or 'hsic', "
                 f"got {self.adversary!r}"
+            )
+        if self.adversarial and self.kind == "multilabel":
+            raise ValueError(
+                f"task {self.name!r}: a multilabel task cannot be adversarial (role='adversarial')"
             )
         if self.adversary != "reversal" and self.kind != "classification":
             raise ValueError(
@@ -98,6 +123,73 @@ class TaskSpec:
             raise ValueError(
                 f"task {self.name!r}: weight must be finite and >= 0, got {self.weight}"
             )
+        self._check_loss_options()
+        self._check_head_options()
+
+    def _check_loss_options(self) -> None:
+        where = f"task {self.name!r}"
+        weights = self.class_weights
+        if weights is not None:
+            if self.kind == "regression" or self.adversarial:
+                raise ValueError(
+                    f"{where}: class_weights apply to main classification and multilabel tasks, "
+                    f"not to a{'n adversarial' if self.adversarial else ' regression'} task; "
+                    f"got {weights!r}"
+                )
+            if isinstance(weights, str):
+                if weights != "balanced":
+                    raise ValueError(
+                        f"{where}: class_weights must be 'balanced' or a list of {self.size} "
+                        f"floats, got {weights!r}"
+                    )
+            else:
+                values = _floats(weights)
+                if values is None or len(values) != self.size:
+                    raise ValueError(
+                        f"{where}: class_weights must be 'balanced' or a list of {self.size} "
+                        f"floats (one per {'label' if self.is_multilabel else 'class'}), "
+                        f"got {weights!r}"
+                    )
+                bad = [i for i, v in enumerate(values) if not (math.isfinite(v) and v > 0)]
+                if bad:
+                    raise ValueError(
+                        f"{where}: class_weights must be finite and > 0; "
+                        f"entry {bad[0]} is {values[bad[0]]}"
+                    )
+                object.__setattr__(self, "class_weights", values)
+        smoothing = self.label_smoothing
+        if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
+            raise ValueError(f"{where}: label_smoothing must be a float, got {smoothing!r}")
+        if smoothing != 0.0:
+            if not self.is_classification or self.adversarial:
+                raise ValueError(
+                    f"{where}: label_smoothing applies to main classification tasks, not to "
+                    f"{'an adversarial' if self.adversarial else f'a {self.kind}'} task; "
+                    f"got {smoothing}"
+                )
+            if not 0.0 <= smoothing < 1.0:
+                raise ValueError(f"{where}: label_smoothing must be in [0, 1), got {smoothing}")
+        object.__setattr__(self, "label_smoothing", float(smoothing))
+
+    def _check_head_options(self) -> None:
+        for field in ("head_hidden", "head_depth"):
+            value = getattr(self, field)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise ValueError(
+                    f"task {self.name!r}: {field} must be an integer >= 0 or None, got {value!r}"
+                )
+        if self.head_depth == 0 and self.head_hidden:
+            raise ValueError(
+                f"task {self.name!r}: head_depth 0 is a linear head, which has no hidden width; "
+                f"got head_hidden {self.head_hidden}"
+            )
+        if self.head_hidden == 0 and self.head_depth:
+            raise ValueError(
+                f"task {self.name!r}: head_depth {self.head_depth} needs a hidden width > 0, "
+                "got head_hidden 0"
+            )
 
     @property
     def adversarial(self) -> bool:
@@ -106,17 +198,54 @@ class TaskSpec:
 
     @property
     def is_classification(self) -> bool:
-        """Whether the task is a classification task."""
+        """Whether the task is a (single-label, multi-class) classification task."""
         return self.kind == "classification"
 
     @property
+    def is_multilabel(self) -> bool:
+        """Whether the task has ``size`` independent binary labels per sample."""
+        return self.kind == "multilabel"
+
+    @property
     def chance(self) -> float:
-        """Chance level of balanced accuracy (``1 / size``); NaN for regression."""
+        """Chance level of balanced accuracy (``1 / size``); NaN for other kinds."""
         return 1.0 / self.size if self.is_classification else float("nan")
 
     def to_dict(self) -> dict[str, object]:
-        """Plain-dict form, for hyperparameter logging and ``summary.json``."""
-        return asdict(self)
+        """Plain-dict form, for hyperparameter logging and ``summary.json``.
+
+        The loss and head options appear only when set, so a task with their defaults has the
+        same dict (and checkpoint hyperparameters) as before they existed.
+
+        Example:
+            >>> TaskSpec("a", 2).to_dict()
+            {'name': 'a', 'size': 2, 'kind': 'classification', 'role': 'main', 'weight': 1.0, 'adversary': 'reversal', 'only_when': None}
+            >>> TaskSpec("a", 2, class_weights=[1, 3]).to_dict()["class_weights"]
+            [1.0, 3.0]
+        """
+        data = asdict(self)
+        for field in _OPTIONAL_FIELDS:
+            if data[field.name] == field.default:
+                del data[field.name]
+        if isinstance(self.class_weights, tuple):
+            data["class_weights"] = list(self.class_weights)
+        return data
+
+
+def _floats(values: object) -> tuple[float, ...] | None:
+    """``values`` as a tuple of floats, or None when it is not a sequence of real numbers."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    return tuple(float(v) for v in values)
+
+
+_OPTIONAL_FIELDS = [
+    f
+    for f in dataclasses.fields(TaskSpec)
+    if f.name in ("class_weights", "label_smoothing", "head_hidden", "head_depth")
+]
 
 
 def validate_tasks(tasks: Sequence[TaskSpec]) -> list[TaskSpec]:

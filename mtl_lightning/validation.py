@@ -49,7 +49,8 @@ def check_batch(
     Checks: every declared task has labels and no undeclared task does; features are finite;
     class labels are integers in ``[0, K)`` or ``-100`` (missing); regression targets are
     shaped ``[batch, size]`` (or ``[batch]`` when ``size == 1``), finite or NaN (missing), never
-    infinite; label counts match the batch size.
+    infinite; multilabel targets are float ``[batch, size]`` rows of 0./1. or all NaN (missing);
+    label counts match the batch size.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
@@ -93,6 +94,8 @@ def check_batch(
             raise BatchError(f"{where}: {y.shape[0]} labels for {batch_size} samples")
         if task.is_classification:
             _check_classes(y, task, where)
+        elif task.is_multilabel:
+            _check_multilabel(y, task, where)
         else:
             _check_regression(y, task, where)
 
@@ -132,12 +135,50 @@ def _check_regression(y: Tensor, task: TaskSpec, where: str) -> None:
         )
 
 
+def _check_multilabel(y: Tensor, task: TaskSpec, where: str) -> None:
+    """A float ``[B, size]`` tensor of 0./1., an all-NaN row for a missing sample.
+
+    Example:
+        >>> nan = float("nan")
+        >>> _check_multilabel(torch.tensor([[1.0, nan], [nan, nan]]),
+        ...                   TaskSpec("tags", 2, kind="multilabel"), "batch 0, task 'tags'")
+        Traceback (most recent call last):
+        ...
+        mtl_lightning.validation.BatchError: batch 0, task 'tags': a sample's labels must be all 0./1. or all NaN (a missing sample); partly NaN at sample(s) [0]
+    """
+    if list(y.shape) != [y.shape[0], task.size] or not y.is_floating_point():
+        raise BatchError(
+            f"{where}: multilabel targets must be a float tensor of shape "
+            f"[{y.shape[0]}, {task.size}] holding 0./1., got shape {list(y.shape)} dtype {y.dtype}"
+        )
+    missing = torch.isnan(y)
+    partial = missing.any(dim=1) & ~missing.all(dim=1)
+    if bool(partial.any()):
+        raise BatchError(
+            f"{where}: a sample's labels must be all 0./1. or all NaN (a missing sample); "
+            f"partly NaN at sample(s) {_listed(partial.nonzero().flatten().tolist())}"
+        )
+    bad = ~missing & (y != 0) & (y != 1)
+    if bool(bad.any()):
+        rows = bad.any(dim=1).nonzero().flatten().tolist()
+        values = sorted(set(y[bad].tolist()))
+        raise BatchError(
+            f"{where}: multilabel targets must be 0. or 1.; found {_listed(values)[1:-1]} "
+            f"at sample(s) {_listed(rows)}"
+        )
+
+
 def labelled_mask(task: TaskSpec, target: Tensor) -> Tensor:
     """Boolean ``[batch]`` mask of the samples that carry a label for ``task``.
+
+    A multilabel sample is labelled when none of its labels is NaN.
 
     Example:
         >>> labelled_mask(TaskSpec("a", 3), torch.tensor([0, -100, 2]))
         tensor([ True, False,  True])
+        >>> labelled_mask(TaskSpec("tags", 2, kind="multilabel"),
+        ...               torch.tensor([[0.0, 1.0], [float("nan"), float("nan")]]))
+        tensor([ True, False])
     """
     if task.is_classification:
         return target != IGNORE_INDEX

@@ -59,7 +59,7 @@ def test_logged_step_values_belong_to_their_step(tmp_path, weighting):
     ds = _dataset(batches=23, seed=0)
     model = MultiTaskModule(
         [TaskSpec("a", 2), TaskSpec("b", 3)],
-        trunk=DenseTrunk(6, dropout=0.0),
+        trunk=DenseTrunk(6, dropout=0.0, widths=[1, 1, 1]),
         head_hidden=0,
         weighting=weighting(),
         grad_cos_every_n_steps=5,
@@ -93,7 +93,7 @@ def _tiny_fit(tmp_path, callbacks, **trainer_kwargs):
     pl.seed_everything(0, verbose=False)
     ds = _dataset(batches=7, seed=1)
     model = MultiTaskModule(
-        [TaskSpec("a", 2), TaskSpec("b", 3)], trunk=DenseTrunk(6, dropout=0.0), head_hidden=0
+        [TaskSpec("a", 2), TaskSpec("b", 3)], trunk=DenseTrunk(6, dropout=0.0, widths=[1, 1, 1]), head_hidden=0
     )
     trainer = pl.Trainer(
         accelerator="cpu",

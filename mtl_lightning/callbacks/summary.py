@@ -14,23 +14,25 @@ from mtl_lightning.tasks import TaskSpec
 
 
 def tensorboard_layout(tasks: list[TaskSpec]) -> dict[str, dict[str, list[Any]]]:
-    """Custom-scalars layout: per task and stage, accuracy, balanced accuracy and chance together.
+    """Custom-scalars layout: per task and stage, accuracy, balanced accuracy and chance together
+    (a multilabel task: its F1 scores and exact match beside its baseline).
 
     Example:
         >>> layout = tensorboard_layout([TaskSpec("emotion", 5)])
         >>> layout["val: accuracy vs chance"]["emotion"][1][:3]
         ['val/emotion/acc', 'val/emotion/balanced_acc', 'val/emotion/chance']
+        >>> tensorboard_layout([TaskSpec("tags", 3, kind="multilabel")])["val: accuracy vs chance"]
+        {'tags': ['Multiline', ['val/tags/f1_micro', 'val/tags/f1_macro', 'val/tags/exact_match', 'val/tags/baseline']]}
     """
     layout: dict[str, dict[str, list[Any]]] = {}
     for stage in ("val", "train", "test"):
         charts: dict[str, list[Any]] = {}
         for t in tasks:
-            if t.is_classification:
-                tags = [
-                    f"{stage}/{t.name}/{k}" for k in ("acc", "balanced_acc", "chance", "majority")
-                ]
-            else:
-                tags = [f"{stage}/{t.name}/{k}" for k in ("mse", "mae")]
+            keys = {
+                "classification": ("acc", "balanced_acc", "chance", "majority"),
+                "multilabel": ("f1_micro", "f1_macro", "exact_match", "baseline"),
+            }.get(t.kind, ("mse", "mae"))
+            tags = [f"{stage}/{t.name}/{k}" for k in keys]
             charts[t.name] = ["Multiline", tags]
         layout[f"{stage}: accuracy vs chance"] = charts
     layout["losses"] = {
@@ -145,7 +147,7 @@ class MultiTaskSummary(pl.Callback):
         if tb is not None and stage == "val":
             hp_metrics = {}
             for r in rows:
-                for key in ("acc", "balanced_acc", "mse"):
+                for key in ("acc", "balanced_acc", "mse", "f1_macro"):
                     if key in r and r[key] == r[key]:
                         hp_metrics[f"hp/{r['task']}/{key}"] = r[key]
             tb.log_hyperparams(_flat_hparams(pl_module), hp_metrics)

@@ -16,7 +16,8 @@ __all__ = ["LabelledPredictionWriter", "prediction_rows"]
 def prediction_rows(
     vocab: LabelVocab, paths: list[str], predictions: dict[str, dict[str, Any]]
 ) -> list[dict[str, object]]:
-    """One dict per sample: ``path``, and per task the class name and its probability.
+    """One dict per sample: ``path``, and per task the class name and its probability (a
+    multilabel task: the predicted labels and every label's probability, ``;``-joined).
 
     Example:
         >>> import torch
@@ -27,6 +28,9 @@ def prediction_rows(
     """
     rows: list[dict[str, object]] = [{"path": p} for p in paths]
     for task, out in predictions.items():
+        if out["pred"].ndim == 2:  # multilabel: 0/1 per label
+            _multilabel_cells(rows, task, out, vocab.names.get(task))
+            continue
         indices = out["pred"].tolist()
         names = vocab.decode(task, indices) if task in vocab.names else indices
         probs = out.get("prob")
@@ -35,6 +39,27 @@ def prediction_rows(
             if probs is not None:
                 row[f"{task}_prob"] = round(float(probs[i, indices[i]]), 4)
     return rows
+
+
+def _multilabel_cells(
+    rows: list[dict[str, object]], task: str, out: dict[str, Any], names: list[str] | None
+) -> None:
+    """A multilabel task's cells: the predicted labels (names, else indices) joined by ``;``,
+    and every label's probability, joined by ``;`` in label order.
+
+    Example:
+        >>> import torch
+        >>> rows = [{"path": "a.wav"}]
+        >>> out = {"pred": torch.tensor([[1, 0, 1]]), "prob": torch.tensor([[0.9, 0.2, 0.6]])}
+        >>> _multilabel_cells(rows, "tags", out, ["loud", "fast", "sad"]); rows
+        [{'path': 'a.wav', 'tags': 'loud;sad', 'tags_prob': '0.9;0.2;0.6'}]
+    """
+    probs = out.get("prob")
+    for i, row in enumerate(rows):
+        on = [j for j, v in enumerate(out["pred"][i].tolist()) if v]
+        row[task] = ";".join(names[j] if names else str(j) for j in on)
+        if probs is not None:
+            row[f"{task}_prob"] = ";".join(f"{round(float(p), 4):g}" for p in probs[i])
 
 
 class LabelledPredictionWriter(pl.Callback):

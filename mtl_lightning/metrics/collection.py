@@ -2,40 +2,128 @@
 
 from __future__ import annotations
 
-from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricCollection
 
 from mtl_lightning.metrics.confusion import (
     ConfusionAccuracy,
     ConfusionBalancedAccuracy,
     ConfusionF1,
+    confusion_counts,
 )
-from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.metrics.majority import ClassCounts, majority_rate
+from mtl_lightning.metrics.multilabel import LabelCounts, MultilabelExact, MultilabelF1
+from mtl_lightning.tasks import TaskKind, TaskSpec
+
+#: the metric keys logged as ``{stage}/{task}/{key}`` for each task kind (besides ``loss``)
+METRIC_KEYS: dict[TaskKind, tuple[str, ...]] = {
+    "classification": ("acc", "balanced_acc", "f1"),
+    "regression": ("mse", "mae"),
+    "multilabel": ("f1_micro", "f1_macro", "exact_match"),
+}
 
 
 def task_metrics(task: TaskSpec) -> MetricCollection:
-    """Metrics logged for one task at every stage.
+    """Metrics logged for one task at every stage (keys: :data:`METRIC_KEYS`).
 
     Classification: ``acc`` (micro), ``balanced_acc`` (macro recall: chance is exactly ``1/K``
     whatever the label imbalance) and ``f1`` (macro), each from a confusion-matrix state
     (:mod:`mtl_lightning.metrics.confusion`: one ``bincount`` per update, no re-validation of
     labels the module has already checked; same values as torchmetrics' ``Multiclass*``
-    metrics). Regression: ``mse`` and ``mae``.
+    metrics). Regression: ``mse`` and ``mae``. Multilabel: ``f1_micro``, ``f1_macro`` and
+    ``exact_match`` (:mod:`mtl_lightning.metrics.multilabel`, threshold 0.5 on the sigmoid).
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
         >>> sorted(task_metrics(TaskSpec("emotion", 5)).keys())
         ['acc', 'balanced_acc', 'f1']
+        >>> sorted(task_metrics(TaskSpec("tags", 4, kind="multilabel")).keys())
+        ['exact_match', 'f1_macro', 'f1_micro']
     """
+    k = task.size
     if task.is_classification:
-        k = task.size
-        return MetricCollection(
-            {
-                "acc": ConfusionAccuracy(k),
-                "balanced_acc": ConfusionBalancedAccuracy(k),
-                "f1": ConfusionF1(k),
-            },
-            compute_groups=False,  # members are logged one by one; keep their states separate
-        )
-    return MetricCollection(
-        {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}, compute_groups=False
-    )
+        members: dict[str, Metric] = {
+            "acc": ConfusionAccuracy(k),
+            "balanced_acc": ConfusionBalancedAccuracy(k),
+            "f1": ConfusionF1(k),
+        }
+    elif task.is_multilabel:
+        members = {
+            "f1_micro": MultilabelF1(k, average="micro"),
+            "f1_macro": MultilabelF1(k, average="macro"),
+            "exact_match": MultilabelExact(k),
+        }
+    else:
+        members = {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
+    # members are logged one by one; keep their states separate
+    return MetricCollection(members, compute_groups=False)
+
+
+def training_counts(task: TaskSpec) -> Metric | None:
+    """The training-label counts behind a task's baselines: :class:`ClassCounts`
+    (classification), :class:`LabelCounts` (multilabel) or None (regression)."""
+    if task.is_classification:
+        return ClassCounts(task.size)
+    return LabelCounts(task.size) if task.is_multilabel else None
+
+
+def update_task_metrics(
+    task: TaskSpec,
+    collection: MetricCollection,
+    output: Tensor,
+    target: Tensor,
+    counts: Metric | None = None,
+) -> None:
+    """Add a batch of labelled samples (head ``output``, ``target``) to the task's metrics,
+    and to its training-label ``counts`` when given (training steps)."""
+    output = output.detach()
+    if task.is_classification:
+        # one confusion matrix per task feeds acc, balanced_acc, f1 and (its row sums) the
+        # training label counts
+        confmat = confusion_counts(output, target, task.size)
+        for metric in collection.values():
+            metric.update(counts=confmat)
+        if counts is not None:
+            counts.update(counts=confmat.sum(dim=1))
+        return
+    # in at least float32, as the loss (bf16 would round the targets)
+    dtype = torch.promote_types(output.dtype, torch.float32)
+    if task.is_multilabel:
+        collection.update(torch.sigmoid(output.to(dtype)), target.long())
+        if counts is not None:
+            counts.update(target)
+        return
+    collection.update(output.to(dtype), target.reshape(output.shape).to(dtype))
+
+
+def task_baselines(
+    task: TaskSpec, counts: Metric | None, reduce_sum: Callable[[Tensor], Tensor]
+) -> dict[str, float]:
+    """The baselines logged as ``{stage}/{task}/{key}``, from the training-label ``counts``
+    summed over DDP ranks by ``reduce_sum``.
+
+    Classification: ``chance`` (``1/K``) and, once training labels were counted, ``majority``
+    (the majority class's rate). Multilabel: ``baseline``, the ``f1_macro`` of the best constant
+    predictor (:func:`~mtl_lightning.metrics.multilabel.constant_f1_macro`), once counted.
+
+    Example:
+        >>> counts = ClassCounts(3); counts.update(torch.tensor([0, 1, 1, 1]))
+        >>> task_baselines(TaskSpec("a", 3), counts, lambda t: t)
+        {'chance': 0.3333333333333333, 'majority': 0.75}
+    """
+    values: dict[str, float] = {}
+    if task.is_classification:
+        values["chance"] = task.chance
+    if isinstance(counts, ClassCounts):
+        value, key = majority_rate(reduce_sum(counts.counts.clone())), "majority"
+    elif isinstance(counts, LabelCounts):
+        summed = reduce_sum(torch.cat([counts.positives, counts.rows[None]]))
+        value, key = LabelCounts.baseline(summed[:-1], summed[-1]), "baseline"
+    else:
+        return values
+    if not torch.isnan(value):
+        values[key] = float(value)
+    return values

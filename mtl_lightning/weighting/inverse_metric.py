@@ -7,12 +7,33 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.metrics.collection import METRIC_KEYS
+from mtl_lightning.tasks import TaskKind, TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy
 from mtl_lightning.weighting.static import weighted_sum
 
 #: metrics for which a higher value is better; anything else (loss, mse, mae) is lower-is-better
-HIGHER_IS_BETTER = frozenset({"acc", "balanced_acc", "f1"})
+HIGHER_IS_BETTER = frozenset({"acc", "balanced_acc", "f1", "f1_micro", "f1_macro", "exact_match"})
+
+
+def check_metric_keys(owner: str, keys: Mapping[TaskKind, str], tasks: Sequence[TaskSpec]) -> None:
+    """Raise ``ValueError`` when the metric chosen for a kind of ``tasks`` is not logged
+    for it, naming the metric, the tasks and the metrics each task kind has (``loss`` always).
+
+    Example:
+        >>> check_metric_keys("W", {"classification": "bal_acc"}, [TaskSpec("a", 2)])
+        Traceback (most recent call last):
+        ...
+        ValueError: W: metric 'bal_acc' is not logged for classification task(s) ['a']; the metrics are: classification: acc, balanced_acc, f1, loss; regression: mse, mae, loss; multilabel: f1_micro, f1_macro, exact_match, loss
+    """
+    for kind, key in keys.items():
+        names = [t.name for t in tasks if t.kind == kind]
+        if names and key not in (*METRIC_KEYS[kind], "loss"):
+            known = "; ".join(f"{k}: {', '.join((*v, 'loss'))}" for k, v in METRIC_KEYS.items())
+            raise ValueError(
+                f"{owner}: metric {key!r} is not logged for {kind} task(s) {names}; "
+                f"the metrics are: {known}"
+            )
 
 
 def floored_weights(raw: Tensor, total: float, floor: float) -> Tensor:
@@ -93,6 +114,12 @@ class InverseMetricWeighting(WeightingStrategy):
     Args:
         metric: Metric key for classification tasks (``acc``, ``balanced_acc``, ``f1``, ``loss``).
         regression_metric: Metric key for regression tasks (``mse``, ``mae``, ``loss``).
+        multilabel_metric: Metric key for multilabel tasks (``f1_macro``, ``f1_micro``,
+            ``exact_match``, ``loss``).
+
+    Raises:
+        ValueError: at :meth:`setup` (when the model is built), for a metric key that the
+            tasks of its kind do not have, or keys of opposite directions for mixed tasks.
         smoothing: Weight of the previous weights in the update (0: use the new ones as is).
         floor: Minimum weight as a fraction of the mean weight (1.0).
 
@@ -112,6 +139,7 @@ class InverseMetricWeighting(WeightingStrategy):
         regression_metric: str = "mse",
         smoothing: float = 0.5,
         floor: float = 0.05,
+        multilabel_metric: str = "f1_macro",
     ) -> None:
         super().__init__()
         if not 0.0 <= smoothing < 1.0:
@@ -120,6 +148,7 @@ class InverseMetricWeighting(WeightingStrategy):
             raise ValueError(f"floor must be in [0, 1), got {floor}")
         self.metric = metric
         self.regression_metric = regression_metric
+        self.multilabel_metric = multilabel_metric
         self.smoothing = smoothing
         self.floor = floor
         self.names: list[str] = []
@@ -127,21 +156,21 @@ class InverseMetricWeighting(WeightingStrategy):
         self.register_buffer("weights", torch.ones(0))
 
     def setup(self, tasks: Sequence[TaskSpec]) -> None:
-        self.names = [t.name for t in tasks if not t.adversarial]
-        kinds = {t.is_classification for t in tasks if not t.adversarial}
-        if len(kinds) > 1 and (self.metric in HIGHER_IS_BETTER) != (
-            self.regression_metric in HIGHER_IS_BETTER
-        ):
-            raise ValueError(
-                f"metric {self.metric!r} and regression_metric {self.regression_metric!r} "
-                "point in different directions; mixed tasks need two lower-is-better metrics "
-                "(e.g. 'loss') or two higher-is-better ones"
-            )
-        self.task_keys = {
-            t.name: self.metric if t.is_classification else self.regression_metric
-            for t in tasks
-            if not t.adversarial
+        main = [t for t in tasks if not t.adversarial]
+        self.names = [t.name for t in main]
+        keys: dict[TaskKind, str] = {
+            "classification": self.metric,
+            "regression": self.regression_metric,
+            "multilabel": self.multilabel_metric,
         }
+        check_metric_keys(type(self).__name__, keys, main)
+        used = {t.kind: keys[t.kind] for t in main}
+        if len({k in HIGHER_IS_BETTER for k in used.values()}) > 1:
+            raise ValueError(
+                f"the metrics {used} point in different directions; mixed tasks need "
+                "lower-is-better metrics only (e.g. 'loss') or higher-is-better ones only"
+            )
+        self.task_keys = {t.name: keys[t.kind] for t in main}
         self.weights = torch.ones(len(self.names))
 
     def current_weights(self) -> dict[str, float]:

@@ -59,7 +59,8 @@ class UncertaintyWeighting(WeightingStrategy):
         main = [t for t in tasks if not t.adversarial]
         self.names = [t.name for t in main]
         self.log_vars = nn.Parameter(torch.full((len(main),), float(self.init_log_var)))
-        self.regression = torch.tensor([not t.is_classification for t in main], dtype=torch.bool)
+        # a multilabel task's BCE is a (Bernoulli) likelihood, weighted like a classification's
+        self.regression = torch.tensor([t.kind == "regression" for t in main], dtype=torch.bool)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
         static = {t.name: t.weight for t in tasks}
