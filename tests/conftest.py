@@ -36,6 +36,10 @@ def audio_corpus_for_audio_configs(request):
 
         spec = CorpusSpec(speakers=5, emotions=2, per_pair=3, min_seconds=0.3, max_seconds=0.5)
         write_corpus(request.getfixturevalue("tmp_path") / "corpus", spec)
+    if config is not None and Path(str(config)).name.startswith("tabular_"):
+        from mtl_lightning.data import write_example_table  # configs/tabular_*.yaml read data/
+
+        write_example_table(request.getfixturevalue("tmp_path") / "data" / "five_tasks.csv", n=200)
 
 
 @pytest.fixture

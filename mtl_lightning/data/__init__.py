@@ -23,3 +23,6 @@ __all__ += ["ResumableDataLoader", "ResumableSampler"]
 from mtl_lightning.data.seeds import SyntheticSeedDataModule  # noqa: E402
 
 __all__ += ["SyntheticSeedDataModule"]
+from mtl_lightning.data.tabular_files import TabularDataModule, write_example_table  # noqa: E402
+
+__all__ += ["TabularDataModule", "write_example_table"]

@@ -18,7 +18,9 @@ from torch.utils.data import DataLoader
 from mtl_lightning.audio.extractor import FeatureKind, FeatureSpec
 from mtl_lightning.audio.parallel import ExtractionResult, extract_all
 from mtl_lightning.data.base import MultiTaskDataModule
+from mtl_lightning.data.label_checks import label_problems
 from mtl_lightning.data.manifest import (
+    ManifestError,
     ManifestRow,
     OnError,
     RowProblem,
@@ -141,6 +143,12 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         seed: Seed of the split and of the training order.
         restore_from: A checkpoint of a run with this datamodule: its vocabulary (the tasks'
             classes) and normalisation statistics are used instead of the manifest's own.
+        encoding: Text encoding of the manifest (default UTF-8, or UTF-16 with its BOM;
+            ``latin-1`` for a spreadsheet export).
+        allow_duplicates: Keep rows whose path repeats an earlier row's (default: bad rows).
+        min_label_count: A label seen in fewer rows is an error (1: no check).
+        near_duplicate_check: Labels one edit apart, or equal but for case and spaces
+            (``Happy`` / ``happy``), are an error (:mod:`~mtl_lightning.data.label_checks`).
 
     Example:
         >>> import tempfile
@@ -190,6 +198,10 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         num_workers: int = 0,
         seed: int = 0,
         restore_from: str | None = None,
+        encoding: str | None = None,
+        allow_duplicates: bool = False,
+        min_label_count: int = 2,
+        near_duplicate_check: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -380,6 +392,8 @@ class AudioFeatureDataModule(MultiTaskDataModule):
                 if predict
                 else ()
             ),
+            encoding=h.encoding,
+            allow_duplicates=h.allow_duplicates,
         )
         if not rows:
             report_problems(problems, "raise", self.manifest, 0)
@@ -397,6 +411,24 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         if h.split == "manifest" and speaker_task is not None and not predict:
             self._warn_unseen_speakers(labels[speaker_task], split.names)
         return _Plan(rows, problems, split, labels, predict)
+
+    def _check_labels(self, rows: list[ManifestRow]) -> None:
+        """Rare and near-duplicate labels (typos that would become classes) are an error."""
+        h = self.hparams
+        lines = [r.line for r in rows]
+        messages = [
+            m
+            for t in self.label_columns
+            for m in label_problems(
+                t, [r.labels[t] for r in rows], lines, h.min_label_count, h.near_duplicate_check
+            )
+        ]
+        if messages:
+            listing = "\n".join(f"  {m}" for m in messages)
+            raise ManifestError(
+                f"{self.manifest}: suspicious labels (fix the cells, or set min_label_count: 1 "
+                f"/ near_duplicate_check: false):\n{listing}"
+            )
 
     def _build_vocab(self) -> LabelVocab:
         """Classes of the rows used: with ``on_error="skip"`` after extraction, so that a class
@@ -501,6 +533,10 @@ class AudioFeatureDataModule(MultiTaskDataModule):
             problems += self._unknown_labels(result.features)
         kept = sum(x is not None for x in result.features)
         report_problems(problems, h.on_error, self.manifest, kept)
+        if not plan.predict:  # on the rows used: a label left with one row is a problem too
+            self._check_labels(
+                [r for r, x in zip(plan.rows, result.features, strict=True) if x is not None]
+            )
         self.skipped = sorted(problems, key=lambda p: p.line)
         log.info(
             "features: %d computed (%.1f s of audio), %d from cache, %d precomputed, %d skipped",

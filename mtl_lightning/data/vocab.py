@@ -11,7 +11,20 @@ import torch
 
 from mtl_lightning.validation import IGNORE_INDEX
 
-__all__ = ["LabelVocab"]
+__all__ = ["LabelVocab", "label_sort_key"]
+
+
+def label_sort_key(label: str) -> tuple[int, int, str]:
+    """Sort key of a class name: integers by value first, then the other names as text.
+
+    Example:
+        >>> sorted(["b", "10", "2", "a"], key=label_sort_key)
+        ['2', '10', 'a', 'b']
+    """
+    try:
+        return (0, int(label), label)
+    except ValueError:
+        return (1, 0, label)
 
 
 class LabelVocab:
@@ -39,9 +52,19 @@ class LabelVocab:
 
     @classmethod
     def build(cls, labels: Mapping[str, Iterable[str | None]]) -> LabelVocab:
-        """The vocabulary of the labels seen (``None`` = missing, not a class)."""
+        """The vocabulary of the labels seen (``None`` = missing, not a class).
+
+        Integer labels sort as numbers (``"2"`` before ``"10"``), before any other label.
+
+        Example:
+            >>> LabelVocab.build({"grade": ["10", "2", "1", "-1", None]}).names["grade"]
+            ['-1', '1', '2', '10']
+        """
         return cls(
-            {t: sorted({v for v in values if v is not None}) for t, values in labels.items()}
+            {
+                t: sorted({v for v in values if v is not None}, key=label_sort_key)
+                for t, values in labels.items()
+            }
         )
 
     def size(self, task: str) -> int:
