@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import pytest
-
 from _doc_blocks import blocks, run_page
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -22,6 +22,27 @@ def test_your_model_page_runs_as_written(tmp_path, monkeypatch):
     assert f"using the run's config {run.resolve() / 'config.yaml'}" in evaluated
     assert "probe" in evaluated.lower() and "speaker" in evaluated
     sys.modules.pop("mymodel", None)
+
+
+def test_your_data_page_runs_as_written(tmp_path, capsys):
+    (tmp_path / "configs").symlink_to(DOCS.parent / "configs")  # "from the repository root"
+    outputs = run_page(DOCS / "your-data.md", tmp_path)
+    assert (tmp_path / "data" / "five_tasks.csv").is_file()
+    fit = outputs[0]
+    table = fit[fit.index("Per-task results") :]
+    assert [line.split()[0] for line in table.splitlines()[2:7]] == ["y1", "y2", "y3", "y4", "y5"]
+    assert table.count("learned") >= 5 and "not learned" not in table
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert (run / "label_vocab.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    printed = capsys.readouterr().out  # the python blocks' figures
+    mood, tags, baseline = (float(v) for v in re.search(
+        r"mood balanced acc ([\d.]+), tags f1_macro ([\d.]+) \(baseline ([\d.]+)\)", printed
+    ).groups())  # fmt: skip
+    assert mood > 0.6 and tags > baseline + 0.1
+    y1, mse = (
+        float(v) for v in re.search(r"y1 balanced acc ([\d.]+).*mse ([\d.]+)", printed).groups()
+    )
+    assert y1 > 0.6 and mse < 1.0
 
 
 def test_the_other_directory_needs_the_path_and_says_so(tmp_path):
