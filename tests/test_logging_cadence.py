@@ -93,7 +93,9 @@ def _tiny_fit(tmp_path, callbacks, **trainer_kwargs):
     pl.seed_everything(0, verbose=False)
     ds = _dataset(batches=7, seed=1)
     model = MultiTaskModule(
-        [TaskSpec("a", 2), TaskSpec("b", 3)], trunk=DenseTrunk(6, dropout=0.0, widths=[1, 1, 1]), head_hidden=0
+        [TaskSpec("a", 2), TaskSpec("b", 3)],
+        trunk=DenseTrunk(6, dropout=0.0, widths=[1, 1, 1]),
+        head_hidden=0,
     )
     trainer = pl.Trainer(
         accelerator="cpu",

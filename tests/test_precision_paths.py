@@ -84,7 +84,9 @@ def test_culprit_search_leaves_batchnorm_statistics_and_rng_alone():
     must not move BatchNorm's running statistics or the random stream."""
     torch.manual_seed(0)
     tasks = [TaskSpec("a", 2), TaskSpec("b", 3)]
-    model = MultiTaskModule(tasks, trunk=DenseTrunk(6, norm="batch", widths=[1, 1, 1]), head_hidden=0).train()
+    model = MultiTaskModule(
+        tasks, trunk=DenseTrunk(6, norm="batch", widths=[1, 1, 1]), head_hidden=0
+    ).train()
     batch = {
         "features": torch.randn(8, 6),
         "targets": {"a": torch.randint(0, 2, (8,)), "b": torch.randint(0, 3, (8,))},

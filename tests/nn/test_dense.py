@@ -12,7 +12,8 @@ def test_norm_option_picks_the_layer_and_keeps_the_parameter_names(norm, kind):
     trunk = DenseTrunk(40, divisors=(2, 4), norm=norm)
     assert [type(block[1]) for block in trunk.blocks] == [kind, kind]
     assert not any(
-        isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) for m in DenseTrunk(40, divisors=(2, 4), norm="none").modules()
+        isinstance(m, (nn.BatchNorm1d, nn.LayerNorm))
+        for m in DenseTrunk(40, divisors=(2, 4), norm="none").modules()
     )
     # Linear stays block[0]: checkpoints of the default trunk keep their keys
     assert "blocks.0.0.weight" in trunk.state_dict() and trunk.out_features == 10

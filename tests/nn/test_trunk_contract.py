@@ -57,7 +57,9 @@ def test_the_check_runs_once_and_a_good_trunk_passes() -> None:
 
 
 def test_a_trunk_without_out_features_fails_at_construction() -> None:
-    with pytest.raises(TrunkContractError, match="trunk ReLU must expose an integer `out_features`"):
+    with pytest.raises(
+        TrunkContractError, match="trunk ReLU must expose an integer `out_features`"
+    ):
         MultiTaskModule(TASKS, trunk=nn.ReLU())
 
 

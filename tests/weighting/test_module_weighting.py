@@ -18,7 +18,9 @@ def test_default_weighting_is_the_plain_taskspec_weighted_sum():
 
 
 def test_weighting_argument_overrides_and_state_dict_round_trips():
-    m = MultiTaskModule(_tasks(), trunk=DenseTrunk(8, widths=[2, 1, 1]), weighting=StaticWeighting({"b": 1.0}))
+    m = MultiTaskModule(
+        _tasks(), trunk=DenseTrunk(8, widths=[2, 1, 1]), weighting=StaticWeighting({"b": 1.0})
+    )
     assert m.combine_losses({"a": torch.tensor(1.0), "b": torch.tensor(1.0)}).item() == 3.0
     m2 = MultiTaskModule(_tasks(), trunk=DenseTrunk(8, widths=[2, 1, 1]))
     m2.load_state_dict(m.state_dict())
