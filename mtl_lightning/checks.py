@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.validation import multilabel_problem
 
 _MAX_LISTED = 10
 
@@ -107,25 +108,9 @@ def check_split(
 
 
 def _check_multilabel_split(y: Tensor, task: TaskSpec, where: str) -> None:
-    if not y.is_floating_point() or list(y.shape) != [y.shape[0], task.size]:
-        raise DataError(
-            f"{where}: multilabel targets must be a float tensor of shape "
-            f"[{y.shape[0]}, {task.size}] holding 0./1., got shape {list(y.shape)} dtype {y.dtype}"
-        )
-    missing = torch.isnan(y)
-    partial = missing.any(dim=1) & ~missing.all(dim=1)
-    if bool(partial.any()):
-        raise DataError(
-            f"{where}: a row's labels must be all 0./1. or all NaN (a missing sample); "
-            f"partly NaN at row(s) {_rows(partial)}"
-        )
-    bad = ~missing & (y != 0) & (y != 1)
-    if bool(bad.any()):
-        values = sorted(set(y[bad].tolist()))
-        raise DataError(
-            f"{where}: multilabel targets must be 0. or 1.; found {_listed(values)[1:-1]} "
-            f"at row(s) {_rows(bad.any(dim=1))}"
-        )
+    problem = multilabel_problem(y, task.size, unit="row")
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")
 
 
 def warn_missing_classes(

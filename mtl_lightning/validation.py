@@ -135,37 +135,44 @@ def _check_regression(y: Tensor, task: TaskSpec, where: str) -> None:
         )
 
 
-def _check_multilabel(y: Tensor, task: TaskSpec, where: str) -> None:
-    """A float ``[B, size]`` tensor of 0./1., an all-NaN row for a missing sample.
+def multilabel_problem(y: Tensor, size: int, unit: str = "sample") -> str | None:
+    """Why ``y`` is not a float ``[N, size]`` tensor of 0./1. (an all-NaN row for a missing
+    sample), or None; ``unit`` names the rows (``sample`` in a batch, ``row`` in a split).
 
     Example:
         >>> nan = float("nan")
-        >>> _check_multilabel(torch.tensor([[1.0, nan], [nan, nan]]),
-        ...                   TaskSpec("tags", 2, kind="multilabel"), "batch 0, task 'tags'")
-        Traceback (most recent call last):
-        ...
-        mtl_lightning.validation.BatchError: batch 0, task 'tags': a sample's labels must be all 0./1. or all NaN (a missing sample); partly NaN at sample(s) [0]
+        >>> multilabel_problem(torch.tensor([[1.0, nan], [nan, nan]]), 2)
+        "a sample's labels must be all 0./1. or all NaN (a missing sample); partly NaN at sample(s) [0]"
+        >>> multilabel_problem(torch.tensor([[1.0, 0.0], [nan, nan]]), 2) is None
+        True
     """
-    if list(y.shape) != [y.shape[0], task.size] or not y.is_floating_point():
-        raise BatchError(
-            f"{where}: multilabel targets must be a float tensor of shape "
-            f"[{y.shape[0]}, {task.size}] holding 0./1., got shape {list(y.shape)} dtype {y.dtype}"
+    if list(y.shape) != [y.shape[0], size] or not y.is_floating_point():
+        return (
+            f"multilabel targets must be a float tensor of shape [{y.shape[0]}, {size}] "
+            f"holding 0./1., got shape {list(y.shape)} dtype {y.dtype}"
         )
     missing = torch.isnan(y)
     partial = missing.any(dim=1) & ~missing.all(dim=1)
     if bool(partial.any()):
-        raise BatchError(
-            f"{where}: a sample's labels must be all 0./1. or all NaN (a missing sample); "
-            f"partly NaN at sample(s) {_listed(partial.nonzero().flatten().tolist())}"
+        return (
+            f"a {unit}'s labels must be all 0./1. or all NaN (a missing sample); "
+            f"partly NaN at {unit}(s) {_listed(partial.nonzero().flatten().tolist())}"
         )
     bad = ~missing & (y != 0) & (y != 1)
     if bool(bad.any()):
         rows = bad.any(dim=1).nonzero().flatten().tolist()
         values = sorted(set(y[bad].tolist()))
-        raise BatchError(
-            f"{where}: multilabel targets must be 0. or 1.; found {_listed(values)[1:-1]} "
-            f"at sample(s) {_listed(rows)}"
+        return (
+            f"multilabel targets must be 0. or 1.; found {_listed(values)[1:-1]} "
+            f"at {unit}(s) {_listed(rows)}"
         )
+    return None
+
+
+def _check_multilabel(y: Tensor, task: TaskSpec, where: str) -> None:
+    problem = multilabel_problem(y, task.size)
+    if problem is not None:
+        raise BatchError(f"{where}: {problem}")
 
 
 def labelled_mask(task: TaskSpec, target: Tensor) -> Tensor:

@@ -285,14 +285,7 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         if task not in self.conditions:
             return None
         other, names = self.conditions[task]
-        known = self.vocab.names.get(other, [])
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(
-                f"conditions[{task!r}][{other!r}]: label(s) {unknown} are not in the vocabulary "
-                f"of task {other!r}: {known[:20]}"
-            )
-        return {other: [known.index(n) for n in names]}
+        return self.vocab.condition(task, other, names)
 
     # ------------------------------------------------------------------ manifest
     @property

@@ -261,14 +261,7 @@ class TabularDataModule(MultiTaskDataModule):
         if d.only_when is None:
             return None
         other, names = d.only_when
-        known = self.vocab.names[other]
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise ValueError(
-                f"task {d.name!r}: only_when label(s) {unknown} are not classes of {other!r}: "
-                f'{known[:20]} (quote labels YAML reads as booleans or numbers, e.g. "yes")'
-            )
-        return {other: [known.index(n) for n in names]}
+        return self.vocab.condition(d.name, other, names)
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:

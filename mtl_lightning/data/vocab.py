@@ -67,6 +67,23 @@ class LabelVocab:
             }
         )
 
+    def condition(self, task: str, other: str, names: Sequence[str]) -> dict[str, list[int]]:
+        """``TaskSpec.only_when`` of ``task``: ``other``'s label ``names`` as class indices.
+
+        Example:
+            >>> LabelVocab({"seed": ["no", "yes"]}).condition("grade", "seed", ["yes"])
+            {'seed': [1]}
+        """
+        known = self.names.get(other, [])
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(
+                f"task {task!r}: condition label(s) {unknown} are not in the vocabulary of task "
+                f"{other!r}: {known[:20]} (quote labels YAML reads as booleans or numbers, "
+                f'e.g. "yes")'
+            )
+        return {other: [known.index(n) for n in names]}
+
     def size(self, task: str) -> int:
         """Number of classes of ``task``."""
         return len(self.names[task])
