@@ -11,7 +11,7 @@ from mtl_lightning.weighting.aggregation import JacobianAggregation
 from mtl_lightning.weighting.base import GradientWeighting, WeightingStrategy
 from mtl_lightning.weighting.dwa import DynamicWeightAverage, dwa_weights
 from mtl_lightning.weighting.famo import FAMO, famo_logit_gradient, famo_weights
-from mtl_lightning.weighting.gradnorm import GradNorm, gradnorm_update
+from mtl_lightning.weighting.gradnorm import GradNorm, gradnorm_update, gradnorm_weight_gradient
 from mtl_lightning.weighting.inverse_metric import InverseMetricWeighting, inverse_metric_weights
 from mtl_lightning.weighting.rlw import RandomLossWeighting, random_weights
 from mtl_lightning.weighting.static import StaticWeighting, weighted_sum
@@ -32,6 +32,7 @@ __all__ = [
     "famo_logit_gradient",
     "famo_weights",
     "gradnorm_update",
+    "gradnorm_weight_gradient",
     "inverse_metric_weights",
     "random_weights",
     "uncertainty_total",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, Literal
 
@@ -15,6 +16,67 @@ GradientLevel = Literal["shared", "rep"]
 
 def _identity(tensor: Tensor) -> Tensor:
     return tensor
+
+
+def adam_step(
+    param: Tensor,
+    grad: Tensor,
+    moments: tuple[Tensor, Tensor],
+    step: int,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of :class:`torch.optim.Adam` (L2 ``weight_decay``, betas 0.9/0.999, eps 1e-8).
+
+    ``step`` counts from 1; returns the new parameter and first and second moments, so that
+    strategies keep them in checkpointed buffers.
+
+    Example:
+        >>> p, g = torch.tensor([1.0, -2.0]), torch.tensor([0.5, -3.0])
+        >>> new, m, v = adam_step(p, g, (torch.zeros(2), torch.zeros(2)), 1, lr=0.1)
+        >>> new  # the first step moves every coordinate by lr against its gradient's sign
+        tensor([ 0.9000, -1.9000])
+    """
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    grad = grad + weight_decay * param
+    m = beta1 * moments[0] + (1 - beta1) * grad
+    v = beta2 * moments[1] + (1 - beta2) * grad * grad
+    m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
+    return param - lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+
+def rerun_losses(
+    forward: Callable[[], Mapping[str, Tensor]],
+    module: nn.Module,
+    context: contextlib.AbstractContextManager[object] | None = None,
+) -> dict[str, Tensor]:
+    """``forward()``'s per-task losses, detached, computed as if it had not run.
+
+    No gradients; inside ``context`` (the run's precision, e.g. autocast); the random state
+    (CUDA's too) forked and ``module``'s buffers (BatchNorm statistics) restored afterwards,
+    so the run continues as it would have. The host uses it to hand :meth:`WeightingStrategy.
+    after_optimizer_step` the losses of the batch it just trained on.
+
+    Example:
+        >>> bn = nn.BatchNorm1d(2)
+        >>> losses = rerun_losses(lambda: {"a": bn(torch.randn(4, 2)).pow(2).mean()}, bn)
+        >>> float(bn.running_mean.abs().sum()), losses["a"].requires_grad
+        (0.0, False)
+    """
+    device = next(iter(module.buffers()), torch.empty(0)).device
+    saved = [b.clone() for b in module.buffers()]
+    try:
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            torch.no_grad(),
+            context if context is not None else contextlib.nullcontext(),
+        ):
+            losses = {name: loss.detach() for name, loss in forward().items()}
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(module.buffers(), saved, strict=True):
+                buffer.copy_(value)
+    return losses
 
 
 class WeightingStrategy(nn.Module):
@@ -57,6 +119,15 @@ class WeightingStrategy(nn.Module):
     ) -> Tensor:  # pragma: no cover - abstract
         """Total loss from ``losses`` (keyed by task name); ``tasks`` as the host has them now."""
         raise NotImplementedError
+
+    def after_optimizer_step(self, recompute: Callable[[], Mapping[str, Tensor]]) -> None:
+        """Called by the host after every optimizer step of automatic optimisation (once per
+        step under ``accumulate_grad_batches``, not per micro-batch), on every DDP rank.
+
+        ``recompute()`` returns the per-task losses of the step's last (micro-)batch with the
+        updated parameters: one extra forward pass, no gradients (:func:`rerun_losses`). Only
+        strategies that need it call it (FAMO); the default does nothing.
+        """
 
     def on_train_epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Epoch-mean training loss per task, already reduced over DDP ranks."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
-from mtl_lightning.weighting.base import WeightingStrategy
+from mtl_lightning.weighting.base import WeightingStrategy, adam_step
 from mtl_lightning.weighting.static import weighted_sum
 
 
@@ -49,21 +50,41 @@ def famo_logit_gradient(
     return z * delta - z * (z @ delta)
 
 
+FamoUpdate = Literal["same_batch", "next_batch"]
+
+
 class FAMO(WeightingStrategy):
     """FAMO: task logits nudged each step so that every task's log-loss falls at a similar rate.
 
-    One backward pass per step. The logits take an Adam step (with weight decay ``gamma``)
-    along :func:`famo_logit_gradient` of the change in the losses between consecutive
-    training steps. Unlike the reference code, which runs an extra forward pass on the same
-    batch after the update, the "after" loss here is the next step's loss (on the next
-    batch): cheaper, noisier, same fixed point. Losses entering the update are averaged over
-    DDP ranks, so all ranks keep identical logits; the weights multiply the local losses, so
-    DDP's gradient averaging is exact. Adversarial tasks keep their static weight.
+    The weights are :func:`famo_weights` of the current losses (one backward pass). After each
+    optimizer step the logits take an Adam step (L2 weight decay ``gamma``) along
+    :func:`famo_logit_gradient` of the change in the log-losses over that step:
+
+    * ``update="same_batch"`` (default; the paper's Algorithm 1 and the official code): the
+      losses of the batch just trained on, before the step and recomputed after it (the host's
+      :meth:`~WeightingStrategy.after_optimizer_step`). Costs one extra forward pass (no
+      backward) per optimizer step.
+    * ``update="next_batch"``: the "after" losses are those of the next step's batch: no extra
+      forward, but the change then includes the difference between two batches, so with
+      mini-batches the logits do not settle where the paper's do.
+
+    Under ``accumulate_grad_batches > 1`` the update runs once per optimizer step, from the last
+    micro-batch (its losses before the step, and after it). Losses entering the update are
+    averaged over DDP ranks, so all ranks keep identical logits; the weights multiply the local
+    losses, so DDP's gradient averaging is exact. A non-finite recomputed loss (a step that
+    diverged) leaves the logits as they were; the host's ``nonfinite`` policy then meets it at
+    the next step. Adversarial tasks keep their static weight.
 
     Args:
-        lr: Adam learning rate of the task logits (paper: 0.025).
-        gamma: Weight decay of the logits (paper: 0.01).
+        lr: Adam learning rate of the task logits (official code: ``w_lr = 0.025``).
+        gamma: Weight decay of the logits. The official runs (github.com/Cranial-XIX/FAMO,
+            ``experiments/{nyuv2,celeba,quantum_chemistry}/run.sh``) use 0.001; Cityscapes and
+            Metaworld MT10 use 0.01, the default of its ``famo.py``.
         min_losses: Known lower bound of each loss, by task (default 0).
+        update: ``"same_batch"`` or ``"next_batch"`` (above).
+
+    Raises:
+        ValueError: ``update`` is not one of the two, or ``min_losses`` names an unknown task.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
@@ -73,41 +94,67 @@ class FAMO(WeightingStrategy):
         >>> _ = f({"a": torch.tensor(1.0), "b": torch.tensor(3.0)}, tasks)
         >>> f.last_weights
         {'a': 1.5, 'b': 0.5}
+        >>> # after the optimizer step: a fell by half on the same batch, b did not move
+        >>> f.after_optimizer_step(lambda: {"a": torch.tensor(0.5), "b": torch.tensor(3.0)})
+        >>> [round(v, 4) for v in torch.softmax(f.logits, 0).tolist()]
+        [0.4875, 0.5125]
     """
 
     def __init__(
-        self, lr: float = 0.025, gamma: float = 0.01, min_losses: Mapping[str, float] | None = None
+        self,
+        lr: float = 0.025,
+        gamma: float = 0.001,
+        min_losses: Mapping[str, float] | None = None,
+        update: FamoUpdate = "same_batch",
     ) -> None:
         super().__init__()
+        if update not in ("same_batch", "next_batch"):
+            raise ValueError(f"update must be 'same_batch' or 'next_batch', got {update!r}")
         self.lr = lr
         self.gamma = gamma
+        self.update: FamoUpdate = update
         self.min_loss_overrides = dict(min_losses or {})
         self.names: list[str] = []
         for name in ("logits", "min_losses", "previous", "adam_m", "adam_v"):
             self.register_buffer(name, torch.zeros(0))
         self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
+        # previous: the (rank-mean) losses of the last training forward, before a step
         self.register_buffer("has_previous", torch.zeros((), dtype=torch.bool))
+        # next_batch: an optimizer step has run since `previous` was recorded
+        self.register_buffer("stepped", torch.zeros((), dtype=torch.bool))
 
     def setup(self, tasks: Sequence[TaskSpec]) -> None:
         self.names = [t.name for t in tasks if not t.adversarial]
         unknown = set(self.min_loss_overrides) - set(self.names)
         if unknown:
-            raise ValueError(f"FAMO min_losses name unknown main tasks: {sorted(unknown)}")
+            raise ValueError(
+                f"FAMO min_losses: unknown main task(s) {sorted(unknown)}; "
+                f"the main tasks are {self.names}"
+            )
         k = len(self.names)
         for name in ("logits", "previous", "adam_m", "adam_v"):
             setattr(self, name, torch.zeros(k))
         self.min_losses = torch.tensor([self.min_loss_overrides.get(n, 0.0) for n in self.names])
 
-    def _adam_step(self, grad: Tensor) -> None:
-        beta1, beta2, eps = 0.9, 0.999, 1e-8
-        grad = grad + self.gamma * self.logits  # Adam with L2 weight decay, as in the reference
+    def _update_logits(self, before: Tensor, after: Tensor) -> None:
+        grad = famo_logit_gradient(self.logits, before, after, self.min_losses)
         self.adam_t += 1
-        t = int(self.adam_t)
-        self.adam_m = beta1 * self.adam_m + (1 - beta1) * grad
-        self.adam_v = beta2 * self.adam_v + (1 - beta2) * grad * grad
-        m_hat = self.adam_m / (1 - beta1**t)
-        v_hat = self.adam_v / (1 - beta2**t)
-        self.logits = self.logits - self.lr * m_hat / (v_hat.sqrt() + eps)
+        self.logits, self.adam_m, self.adam_v = adam_step(
+            self.logits, grad, (self.adam_m, self.adam_v), int(self.adam_t), self.lr, self.gamma
+        )
+
+    def after_optimizer_step(self, recompute: Callable[[], Mapping[str, Tensor]]) -> None:
+        if not self.training or not bool(self.has_previous):
+            return
+        if self.update == "next_batch":
+            self.stepped.fill_(True)
+            return
+        recomputed = recompute()
+        after = torch.stack([recomputed[n].float() for n in self.names])
+        after = self.reduce_mean(after).to(self.logits)
+        if bool(torch.isfinite(after).all()):
+            self._update_logits(self.previous, after)
+        self.has_previous.fill_(False)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
         current = torch.stack([losses[n].detach().float() for n in self.names])
@@ -115,11 +162,11 @@ class FAMO(WeightingStrategy):
             current = self.reduce_mean(current).to(self.logits)
             if not bool(torch.isfinite(current).all()):
                 raise FloatingPointError(f"FAMO: non-finite task losses {current.tolist()}")
-            if bool(self.has_previous):
-                grad = famo_logit_gradient(self.logits, self.previous, current, self.min_losses)
-                self._adam_step(grad)
+            if bool(self.stepped) and bool(self.has_previous):  # next_batch, after a step
+                self._update_logits(self.previous, current)
             self.previous = current
             self.has_previous.fill_(True)
+            self.stepped.fill_(False)
         weights_now = famo_weights(self.logits, current.to(self.logits), self.min_losses)
         dynamic = dict(zip(self.names, weights_now.tolist(), strict=True))
         weights = {t.name: dynamic.get(t.name, 1.0) * t.weight for t in tasks}

@@ -30,11 +30,18 @@ def random_weights(num_tasks: int, seed: int, step: int) -> Tensor:
 class RandomLossWeighting(WeightingStrategy):
     """RLW: each training step weights the main tasks by ``K * softmax(z)``, ``z ~ N(0, I)``.
 
-    Weights sum to the number of main tasks (the plain sum's scale; the paper's sum to 1).
-    Adversarial tasks keep their static weight. Evaluation uses weight 1.
+    The paper's and LibMTL's weights (``LibMTL/weighting/RLW.py``: ``softmax(randn(K))``) sum to
+    1; these are ``K`` times them, the plain sum's scale. Adversarial tasks keep their static
+    weight. Evaluation uses weight 1.
+
+    The draw at step ``t`` is :func:`random_weights` of ``(seed, t)``. Without ``seed``, it is
+    the run's: ``torch.initial_seed()`` when the strategy is set up (what
+    ``lightning.seed_everything`` sets), averaged over DDP ranks at the first training step so
+    every rank draws the same weights. The seed in use and the step counter are buffers, so a
+    resumed run continues the same sequence.
 
     Args:
-        seed: Seed of the weight sequence (combined with the step counter, which checkpoints).
+        seed: Seed of the weight sequence; ``None`` (default) takes the run's seed.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
@@ -42,22 +49,36 @@ class RandomLossWeighting(WeightingStrategy):
         >>> r = RandomLossWeighting(seed=1)
         >>> r.setup(tasks)
         >>> total = r({"a": torch.tensor(1.0), "b": torch.tensor(1.0)}, tasks)
-        >>> round(float(total), 5), int(r.step)
-        (2.0, 1)
+        >>> round(float(total), 5), int(r.step), int(r.run_seed)
+        (2.0, 1, 1)
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int | None = None) -> None:
         super().__init__()
         self.seed = seed
         self.names: list[str] = []
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("run_seed", torch.zeros((), dtype=torch.long))
+        # False until the run's seed has been agreed by every DDP rank
+        self.register_buffer("seed_agreed", torch.zeros((), dtype=torch.bool))
 
     def setup(self, tasks: Sequence[TaskSpec]) -> None:
         self.names = [t.name for t in tasks if not t.adversarial]
+        given = self.seed is not None
+        self.run_seed.fill_(self.seed if given else torch.initial_seed() % 2**32)
+        self.seed_agreed.fill_(given)
+
+    def _agree_on_seed(self) -> None:
+        # float64 keeps a seed < 2**32 exact when every rank holds the same one
+        seed = self.reduce_mean(self.run_seed.to(torch.float64))
+        self.run_seed.fill_(int(torch.round(seed)))
+        self.seed_agreed.fill_(True)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
         if self.training:
-            drawn = random_weights(len(self.names), self.seed, int(self.step)).tolist()
+            if not bool(self.seed_agreed):
+                self._agree_on_seed()
+            drawn = random_weights(len(self.names), int(self.run_seed), int(self.step)).tolist()
             self.step += 1
         else:
             drawn = [1.0] * len(self.names)

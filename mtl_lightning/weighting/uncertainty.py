@@ -12,11 +12,14 @@ from mtl_lightning.weighting.base import WeightingStrategy
 
 
 def uncertainty_total(losses: Tensor, log_vars: Tensor, regression: Tensor) -> Tensor:
-    """``sum_k c_k exp(-s_k) L_k + s_k / 2`` with ``c_k = 1/2`` for regression, 1 for classes.
+    """``sum_k (c_k exp(-s_k) L_k + s_k / 2)``; ``c_k = 1/2`` for regression, else 1.
 
     ``s_k = log sigma_k^2``. For regression this is the Gaussian negative log-likelihood with
-    a learned variance (``L/(2 sigma^2) + log sigma``); for classification, the paper's
-    approximation (``L/sigma^2 + log sigma``).
+    a learned variance, ``L/(2 sigma^2) + log sigma`` (Kendall et al. 2018, eq. 5); for a
+    classification (or multilabel) loss, the paper's approximation ``L/sigma^2 + log sigma``
+    (eq. 10). Nothing is normalised: the weights ``c_k exp(-s_k)`` need not sum to ``K``.
+    LibMTL (``LibMTL/weighting/UW.py``) uses the regression form ``L/(2 e^s) + s/2`` for every
+    task; a classification term here equals it at ``s - log 2`` plus ``log(2)/2``.
 
     Example:
         >>> uncertainty_total(torch.tensor([2.0, 4.0]), torch.tensor([0.0, 2.0]),
@@ -28,10 +31,16 @@ def uncertainty_total(losses: Tensor, log_vars: Tensor, regression: Tensor) -> T
 
 
 class UncertaintyWeighting(WeightingStrategy):
-    """Each main task's weight is ``c_k exp(-s_k)`` with a learned log-variance ``s_k``.
+    """Learned log-variances ``s_k``: total ``sum_k (c_k exp(-s_k) L_k + s_k / 2)``.
 
-    The log-variances are parameters of this module, so the model's optimizer learns them
-    (use no or small weight decay on them) and checkpoints keep them. Adversarial tasks keep
+    ``c_k = 1/2`` for a regression task, 1 for a classification or multilabel task (their
+    losses are likelihoods: :func:`uncertainty_total`). Main task ``k``'s weight is
+    ``c_k exp(-s_k)`` times its ``TaskSpec.weight``, and is **not** normalised: at the default
+    ``s_k = 0`` it is 1 for classification and 1/2 for regression, and the total also holds
+    ``sum_k s_k / 2``. So this reproduces the plain sum only for classification tasks at
+    ``s = 0``. The log-variances are parameters of this module: the model's optimizer learns
+    them (:meth:`~mtl_lightning.module.MultiTaskModule.configure_optimizers` puts them in a
+    parameter group without weight decay) and checkpoints keep them. Adversarial tasks keep
     their static ``TaskSpec.weight``.
 
     Args:

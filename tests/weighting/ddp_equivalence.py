@@ -21,7 +21,9 @@ from mtl_lightning.data.base import TensorTaskDataset
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting import (
+    FAMO,
     JacobianAggregation,
+    RandomLossWeighting,
     StaticWeighting,
     UncertaintyWeighting,
 )
@@ -31,6 +33,8 @@ warnings.filterwarnings("ignore")
 STRATEGIES = {
     "static": lambda: StaticWeighting({"b": 0.5}),
     "uncertainty": UncertaintyWeighting,
+    "famo": FAMO,  # its post-step recomputation and update under DDP
+    "rlw": RandomLossWeighting,  # the run's seed, agreed by the ranks
     "pcgrad": lambda: JacobianAggregation(PCGrad()),
     "mgda": lambda: JacobianAggregation(MGDA()),
     "upgrad": lambda: JacobianAggregation(UPGrad()),
