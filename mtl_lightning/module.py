@@ -33,6 +33,7 @@ from mtl_lightning.metrics import (
     training_counts,
     update_task_metrics,
 )
+from mtl_lightning.metrics.labelled import log_labelled_counts
 from mtl_lightning.metrics.rank_states import sum_metric_states, zero_metric_states
 from mtl_lightning.nn import CNNTrunk, GradientReversal
 from mtl_lightning.nn.contract import (
@@ -47,6 +48,7 @@ from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePol
 from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, unpack_batch
 from mtl_lightning.weighting import GradientWeighting, StaticWeighting, WeightingStrategy
+from mtl_lightning.weighting.base import rerun_losses
 
 __all__ = ["MultiTaskModule", "NonFiniteError", "StepOutputs"]
 
@@ -759,6 +761,19 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         self.update_metrics("train", step, total.detach())
         return total.detach()
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step, then the weighting strategy's post-step hook (FAMO's update)."""
+        super().optimizer_step(*args, **kwargs)
+        self.weighting.after_optimizer_step(self._losses_after_step)
+
+    def _losses_after_step(self) -> dict[str, Tensor]:
+        """The last training batch's task losses again, with the parameters just updated."""
+
+        def losses() -> Mapping[str, Tensor]:
+            return self.forward_losses(self._last_batch, self._batch_idx).losses
+
+        return rerun_losses(losses, self, self.trainer.precision_plugin.forward_context())
+
     # ------------------------------------------------------------------ diagnostics
     def _log_weights(self) -> None:
         if not self._should_log_step():
@@ -816,6 +831,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             counts = self.train_class_counts[task.name] if held else None
             for key, value in task_baselines(task, counts, self._reduce_sum).items():
                 log_replicated(self, f"{stage}/{task.name}/{key}", value)
+        log_labelled_counts(self, stage)  # {stage}/{task}/n, before the metrics reset
 
     def setup(self, stage: str) -> None:
         """Put :class:`~mtl_lightning.callbacks.EpochMetricsSync` before the progress bar: the
@@ -935,9 +951,18 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
 
     # ------------------------------------------------------------------ optim
     def configure_optimizers(self) -> Any:
+        """The optimizer over the model's parameters (the attackers have their own), and a
+        second group, with ``weight_decay=0``, for the weighting strategy's own parameters
+        (uncertainty weighting's log-variances) when it has any."""
         # the attackers have their own optimizer (their parameters never require gradients)
         attackers = {id(p) for p in self.adversaries.parameters()}
-        optimizer = self.optimizer_factory([p for p in self.parameters() if id(p) not in attackers])
+        strategy = list(self.weighting.parameters())
+        skip = attackers | {id(p) for p in strategy}
+        model = [p for p in self.parameters() if id(p) not in skip]
+        groups: list[dict[str, Any]] = [{"params": model}]
+        if strategy:
+            groups.append({"params": strategy, "weight_decay": 0.0})
+        optimizer = self.optimizer_factory(groups)
         for adversary in self.adversaries.values():
             adversary.set_base_lr(float(optimizer.param_groups[0]["lr"]))
         if self.scheduler_factory is None:

@@ -10,9 +10,57 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mtl_lightning.tasks import TaskSpec
 
+#: the smallest practical distance from chance (or from a multilabel task's baseline)
 CHANCE_TOLERANCE = 0.05
+#: fewer labelled samples than this and the verdict is "too few samples"
+MIN_SAMPLES = 30
+#: the normal quantile of the chance band (95%)
+CHANCE_Z = 1.96
+
+
+def chance_interval(
+    task: TaskSpec,
+    n: float = float("nan"),
+    tolerance: float = CHANCE_TOLERANCE,
+    baseline: float = float("nan"),
+) -> tuple[float, float]:
+    """The band of scores judged "at chance": ``c ± h`` with ``h = max(tolerance, z * se)``.
+
+    For a classification task ``c = 1/K`` and ``se = sqrt(c (1 - c) / n)``, the binomial
+    standard error of an accuracy at chance over ``n`` labelled samples (exact for balanced
+    accuracy with balanced classes; imbalanced classes spread it more), ``z = 1.96`` (95%). The
+    ±``tolerance`` floor keeps a large split from calling a negligible gain "learned". With
+    ``n`` unknown (NaN) the band is ``c ± tolerance``; with ``n = 0`` it is NaN (nothing to
+    judge). A multilabel task's band is its ``baseline ± tolerance`` (``f1_macro`` is no
+    binomial proportion). NaN for regression.
+
+    Example:
+        >>> [round(x, 3) for x in chance_interval(TaskSpec("a", 2), n=100)]
+        [0.402, 0.598]
+        >>> [round(x, 3) for x in chance_interval(TaskSpec("a", 2), n=10_000)]
+        [0.45, 0.55]
+    """
+    if n == 0:  # nothing to judge
+        return float("nan"), float("nan")
+    if task.is_multilabel:
+        return baseline - tolerance, baseline + tolerance
+    c = task.chance
+    half = tolerance
+    if math.isfinite(n) and n > 0:
+        half = max(tolerance, CHANCE_Z * math.sqrt(c * (1 - c) / n))
+    return c - half, c + half
+
+
+def _count_verdict(n: float, min_samples: int) -> str | None:
+    if not math.isfinite(n):
+        return None
+    if n == 0:
+        return "no labelled samples"
+    return f"too few samples (n={int(n)})" if n < min_samples else None
 
 
 def verdict(
@@ -20,35 +68,49 @@ def verdict(
     balanced_acc: float,
     tolerance: float = CHANCE_TOLERANCE,
     baseline: float = float("nan"),
+    n: float = float("nan"),
+    min_samples: int = MIN_SAMPLES,
 ) -> str:
-    """Judge a task's balanced accuracy against its chance level ``1/K``; a multilabel task's
-    ``f1_macro`` (passed as ``balanced_acc``) against its ``baseline``, the ``f1_macro`` of the
-    best constant predictor (:func:`~mtl_lightning.metrics.constant_f1_macro`).
+    """Judge a task's balanced accuracy against its :func:`chance_interval` around ``1/K``; a
+    multilabel task's ``f1_macro`` (passed as ``balanced_acc``) against its band around the
+    ``baseline``, the ``f1_macro`` of the best constant predictor
+    (:func:`~mtl_lightning.metrics.constant_f1_macro`).
 
-    An adversary *below* chance is confidently wrong, which still leaks the attribute, so only
-    ``|balanced_acc - chance| <= tolerance`` counts as "at chance".
+    ``n`` is the number of labelled samples behind the score (``{stage}/{task}/n``). With none
+    the verdict is "no labelled samples"; with fewer than ``min_samples`` (default 30, where
+    the 95% band of a two-class task is already ±0.18 wide) it is "too few samples (n=...)",
+    whatever the score. Otherwise a score inside the band is "at chance" ("at baseline"); an
+    adversary *below* it is confidently wrong, which still leaks the attribute, and a main task
+    below it is "not learned (below chance)" (check its labels).
 
     Example:
         >>> adv = TaskSpec("speaker", 10, role="adversarial")
         >>> verdict(adv, 0.12), verdict(adv, 0.30), verdict(adv, 0.01)
         ('at chance', 'above chance (leaks)', 'below chance (leaks)')
-        >>> verdict(TaskSpec("emotion", 5), 0.93)
-        'learned'
+        >>> emotion = TaskSpec("emotion", 5)
+        >>> verdict(emotion, 0.93), verdict(emotion, 0.02), verdict(emotion, 0.24, n=200)
+        ('learned', 'not learned (below chance)', 'not learned (at chance)')
+        >>> verdict(emotion, float("nan"), n=0), verdict(emotion, 0.9, n=1)
+        ('no labelled samples', 'too few samples (n=1)')
         >>> verdict(TaskSpec("tags", 3, kind="multilabel"), 0.55, baseline=0.53)
         'not learned (at baseline)'
     """
+    counted = _count_verdict(n, min_samples)
+    if counted == "no labelled samples" or task.kind == "regression":
+        return counted or "n/a"
     if task.is_multilabel:
         if not (math.isfinite(balanced_acc) and math.isfinite(baseline)):
             return "n/a"
-        return "learned" if balanced_acc - baseline > tolerance else "not learned (at baseline)"
-    if not task.is_classification or not math.isfinite(balanced_acc):
+    elif not task.is_classification or not math.isfinite(balanced_acc):
         return "n/a"
-    delta = balanced_acc - task.chance
+    if counted is not None:
+        return counted
+    low, high = chance_interval(task, n, tolerance, baseline)
+    level = "baseline" if task.is_multilabel else "chance"
+    side = "above" if balanced_acc > high else "below" if balanced_acc < low else "at"
     if task.adversarial:
-        if abs(delta) <= tolerance:
-            return "at chance"
-        return "above chance (leaks)" if delta > 0 else "below chance (leaks)"
-    return "learned" if delta > tolerance else "not learned (at chance)"
+        return f"at {level}" if side == "at" else f"{side} {level} (leaks)"
+    return "learned" if side == "above" else f"not learned ({side} {level})"
 
 
 def _value(metrics: Mapping[str, Any], key: str) -> float:
@@ -63,13 +125,16 @@ def task_results(
 ) -> list[dict[str, Any]]:
     """One record per task from logged ``{stage}/{task}/...`` metrics, with its verdict.
 
-    A multilabel task's record has ``f1_micro``, ``f1_macro``, ``exact_match`` and
-    ``baseline``; its verdict compares ``f1_macro`` with the baseline.
+    ``n`` is the number of labelled samples (``{stage}/{task}/n``, summed over DDP ranks;
+    None when not logged) and ``chance_interval`` the band of :func:`chance_interval`. A
+    multilabel task's record has ``f1_micro``, ``f1_macro``, ``exact_match`` and ``baseline``;
+    its verdict compares ``f1_macro`` with the baseline.
 
     Example:
-        >>> rows = task_results([TaskSpec("a", 2)], {"val/a/acc": 0.9, "val/a/balanced_acc": 0.8})
-        >>> rows[0]["verdict"], rows[0]["chance"]
-        ('learned', 0.5)
+        >>> logged = {"val/a/acc": 0.9, "val/a/balanced_acc": 0.8, "val/a/n": 100}
+        >>> row = task_results([TaskSpec("a", 2)], logged)[0]
+        >>> row["verdict"], row["chance"], row["n"], [round(x, 3) for x in row["chance_interval"]]
+        ('learned', 0.5, 100, [0.402, 0.598])
     """
     rows = []
     for task in tasks:
@@ -85,11 +150,17 @@ def task_results(
         }
         for key in keys:
             record[key] = _value(metrics, f"{stage}/{task.name}/{key}")
+        n = _value(metrics, f"{stage}/{task.name}/n")
+        record["n"] = int(n) if math.isfinite(n) else n
+        score, baseline = float("nan"), record.get("baseline", float("nan"))
         if task.is_classification:
             record["chance"] = task.chance
-            record["verdict"] = verdict(task, record["balanced_acc"])
+            score = record["balanced_acc"]
         elif task.is_multilabel:
-            record["verdict"] = verdict(task, record["f1_macro"], baseline=record["baseline"])
+            score = record["f1_macro"]
+        if task.kind != "regression":
+            record["chance_interval"] = list(chance_interval(task, n, baseline=baseline))
+        record["verdict"] = verdict(task, score, baseline=baseline, n=n)
         rows.append(record)
     return rows
 
@@ -110,39 +181,43 @@ def add_probe_results(rows: Sequence[dict[str, Any]], probes: Sequence[Any]) -> 
             by_task[p.task][f"probe_{p.probe}"] = float(p.balanced_acc)
 
 
+def _count_cell(n: Any) -> str:
+    return str(n) if isinstance(n, int) else "-"
+
+
 def format_table(rows: Sequence[Mapping[str, Any]], stage: str = "val") -> str:
-    """Plain-text table: task, role, accuracy, balanced accuracy, chance, verdict; and the
-    linear and MLP probes' balanced accuracy when a probe ran (``-`` for unprobed tasks).
-    A multilabel task shows its exact match, ``f1_macro`` and baseline in those columns.
+    """Plain-text table: task, role, accuracy, balanced accuracy, chance, labelled samples
+    ``n`` (``-`` when not logged), verdict; and the linear and MLP probes' balanced accuracy
+    when a probe ran (``-`` for unprobed tasks). A multilabel task shows its exact match,
+    ``f1_macro`` and baseline in those columns.
 
     Example:
         >>> print(format_table(task_results([TaskSpec("a", 2)], {"val/a/balanced_acc": 0.5})))
-        task  role  val acc  val balanced acc  chance  verdict
-        a     main      nan             0.500   0.500  not learned (at chance)
+        task  role  val acc  val balanced acc  chance  n  verdict
+        a     main      nan             0.500   0.500  -  not learned (at chance)
         >>> tags = TaskSpec("tags", 3, kind="multilabel")
         >>> logged = {"val/tags/f1_macro": 0.8, "val/tags/exact_match": 0.6, "val/tags/baseline": 0.5}
-        >>> print(format_table(task_results([tags], logged)))
-        task  role      val acc  val balanced acc  chance  verdict
-        tags  main  exact 0.600    f1_macro 0.800   0.500  learned
+        >>> print(format_table(task_results([tags], {**logged, "val/tags/n": 64})))
+        task  role      val acc  val balanced acc  chance   n  verdict
+        tags  main  exact 0.600    f1_macro 0.800   0.500  64  learned
     """
     probe_keys = [k for k in ("probe_linear", "probe_mlp") if any(k in r for r in rows)]
-    header = ["task", "role", f"{stage} acc", f"{stage} balanced acc", "chance"]
+    header = ["task", "role", f"{stage} acc", f"{stage} balanced acc", "chance", "n"]
     header += [k.replace("probe_", "") + " probe" for k in probe_keys] + ["verdict"]
     body = []
     for r in rows:
-        probes = [f"{r[k]:.3f}" if k in r else "-" for k in probe_keys]
+        cells = [r["task"], r["role"]]
         if r["kind"] == "classification":
-            cells = [r["task"], r["role"], f"{r['acc']:.3f}", f"{r['balanced_acc']:.3f}"]
-            body.append(cells + [f"{r['chance']:.3f}", *probes, r["verdict"]])
+            cells += [f"{r['acc']:.3f}", f"{r['balanced_acc']:.3f}", f"{r['chance']:.3f}"]
         elif r["kind"] == "multilabel":
-            cells = [r["task"], r["role"], f"exact {r['exact_match']:.3f}"]
-            cells += [f"f1_macro {r['f1_macro']:.3f}", f"{r['baseline']:.3f}"]
-            body.append(cells + [*probes, r["verdict"]])
+            cells += [f"exact {r['exact_match']:.3f}", f"f1_macro {r['f1_macro']:.3f}"]
+            cells += [f"{r['baseline']:.3f}"]
         else:
-            cells = [r["task"], r["role"], f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-"]
-            body.append(cells + probes + ["-"])
+            cells += [f"mse {r['mse']:.4f}", f"mae {r['mae']:.4f}", "-"]
+        cells += [_count_cell(r.get("n")), *(f"{r[k]:.3f}" if k in r else "-" for k in probe_keys)]
+        body.append([*cells, "-" if r.get("verdict", "n/a") == "n/a" else r["verdict"]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    numeric = set(range(2, 5 + len(probe_keys)))
+    numeric = set(range(2, 6 + len(probe_keys)))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -185,3 +260,45 @@ def update_summary(path: str | os.PathLike[str], section: str, payload: Any) -> 
     data[section] = payload
     write_json_atomic(path, data)
     return data
+
+
+def checkpoint_provenance(ckpt_path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """``checkpoint``, ``epoch`` and ``global_step`` of a Lightning checkpoint, read from the
+    file (a fresh trainer that only loaded its weights says 0 and 0). ``epoch`` is as Lightning
+    stored it, the trainer's ``current_epoch`` when it was saved: the 0-based epoch for one
+    saved during an epoch, the number of epochs for one saved when training ended. None for
+    what is unknown (no path; not a local file).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "last.ckpt"
+        >>> torch.save({"epoch": 3, "global_step": 40, "state_dict": {}}, path)
+        >>> info = checkpoint_provenance(path)
+        >>> info["epoch"], info["global_step"], info["checkpoint"] == str(path)
+        (3, 40, True)
+    """
+    info: dict[str, Any] = {"checkpoint": None, "epoch": None, "global_step": None}
+    if not ckpt_path:
+        return info
+    info["checkpoint"] = str(ckpt_path)
+    if Path(ckpt_path).is_file():  # memory-mapped: the weights are not read
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        info["epoch"], info["global_step"] = state.get("epoch"), state.get("global_step")
+    return info
+
+
+def training_summary_path(ckpt_path: str | os.PathLike[str] | None) -> Path | None:
+    """The ``summary.json`` of the run a checkpoint belongs to (``<run>/summary.json`` for
+    ``<run>/checkpoints/x.ckpt``, as ``probe`` and ``erase`` use); None for a checkpoint
+    elsewhere.
+
+    Example:
+        >>> training_summary_path("lightning_logs/version_0/checkpoints/last.ckpt").as_posix()
+        'lightning_logs/version_0/summary.json'
+        >>> training_summary_path("model.ckpt") is None
+        True
+    """
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path)
+    return path.parent.parent / "summary.json" if path.parent.name == "checkpoints" else None

@@ -79,9 +79,7 @@ def test_default_fit_writes_run_directory(in_tmp, capsys):
     assert 0.0 <= summary["tasks"][0]["balanced_acc"] <= 1.0
     assert summary["grl_lambda"] > 0
     out = capsys.readouterr().out
-    header = (
-        "task     role         val acc  val balanced acc  chance  linear probe  mlp probe  verdict"
-    )
+    header = "task     role         val acc  val balanced acc  chance   n  linear probe  mlp probe  verdict"
     assert header in out  # the default's LeakageProbe puts its figures in the table
     assert "speaker  adversarial" in out
 

@@ -17,6 +17,7 @@ from mtl_lightning.metrics.confusion import (
     confusion_counts,
     f1_from_confusion,
 )
+from mtl_lightning.metrics.labelled import labelled_count, labelled_counts
 from mtl_lightning.metrics.loss_mean import LossMean
 from mtl_lightning.metrics.majority import ClassCounts, majority_rate
 from mtl_lightning.metrics.multilabel import (
@@ -43,6 +44,8 @@ __all__ = [
     "confusion_counts",
     "constant_f1_macro",
     "f1_from_confusion",
+    "labelled_count",
+    "labelled_counts",
     "majority_rate",
     "multilabel_f1",
     "task_baselines",

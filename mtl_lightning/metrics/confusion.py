@@ -9,7 +9,9 @@ makes per-step metric updates cheap; the results follow torchmetrics' convention
 (``MulticlassAccuracy(average="micro")``, ``MulticlassRecall(average="macro")``,
 ``MulticlassF1Score(average="macro")``, ``zero_division=0``): a class that is neither in the
 targets nor in the predictions is left out of the macro averages, one that is predicted but
-absent from the targets counts with recall 0.
+absent from the targets counts with recall 0. One exception: with no sample at all every value
+is NaN (torchmetrics says 0), so a task without labelled samples is never scored, nor weighted,
+as if it were always wrong.
 """
 
 from __future__ import annotations
@@ -52,24 +54,33 @@ def _per_class(confmat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tp, confmat.sum(dim=-2) - tp, confmat.sum(dim=-1) - tp
 
 
+def _nan_divide(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with NaN where ``den == 0``: a value over no sample is undefined."""
+    num, den = num.double(), den.double()
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, float("nan")))
+
+
 def _macro(score: Tensor, tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
     present = (tp + fp + fn) > 0  # classes absent from targets and predictions are ignored
-    return _safe_divide((score * present).sum(-1), present.sum(-1))
+    # no class present means no sample: NaN
+    return _nan_divide((score * present).sum(-1), present.sum(-1))
 
 
 def accuracy_from_confusion(confmat: Tensor) -> Tensor:
-    """Fraction of correct predictions (micro accuracy); 0 with no samples.
+    """Fraction of correct predictions (micro accuracy); NaN with no samples.
 
     Example:
         >>> accuracy_from_confusion(torch.tensor([[3, 1], [0, 4]]))
         tensor(0.8750)
+        >>> accuracy_from_confusion(torch.zeros(2, 2, dtype=torch.long))
+        tensor(nan)
     """
-    return _safe_divide(confmat.diagonal().sum(), confmat.sum()).float()
+    return _nan_divide(confmat.diagonal().sum(), confmat.sum()).float()
 
 
 def balanced_accuracy_batched(confmats: Tensor) -> Tensor:
     """Balanced accuracy of each of a batch ``[B, K, K]`` of confusion matrices, in float64
-    (used for bootstrap intervals: one matrix per resample).
+    (used for bootstrap intervals: one matrix per resample); NaN for an empty matrix.
 
     Example:
         >>> balanced_accuracy_batched(torch.tensor([[[3, 1], [0, 4]], [[2, 0], [0, 2]]]))
@@ -80,19 +91,22 @@ def balanced_accuracy_batched(confmats: Tensor) -> Tensor:
 
 
 def balanced_accuracy_from_confusion(confmat: Tensor) -> Tensor:
-    """Macro-averaged recall: chance is ``1/K`` whatever the label imbalance.
+    """Macro-averaged recall: chance is ``1/K`` whatever the label imbalance; NaN with no
+    samples.
 
     Example:
         >>> balanced_accuracy_from_confusion(torch.tensor([[3, 1], [0, 4]]))
         tensor(0.8750)
         >>> balanced_accuracy_from_confusion(torch.tensor([[9, 1], [1, 1]]))
         tensor(0.7000)
+        >>> balanced_accuracy_from_confusion(torch.zeros(3, 3, dtype=torch.long))
+        tensor(nan)
     """
     return balanced_accuracy_batched(confmat).float()
 
 
 def f1_from_confusion(confmat: Tensor) -> Tensor:
-    """Macro-averaged F1 score.
+    """Macro-averaged F1 score; NaN with no samples.
 
     Example:
         >>> f1_from_confusion(torch.tensor([[2, 0], [0, 2]]))
