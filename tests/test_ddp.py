@@ -158,6 +158,7 @@ def test_two_process_fit_resume_and_test_equal_single_process(tmp_path):
     for task, row in single.items():
         for key in ("loss", "acc", "balanced_acc", "f1", "majority"):
             assert double[task][key] == pytest.approx(row[key], abs=1e-6), (task, key)
+        assert double[task]["n"] == row["n"] == 55, task  # labelled samples, summed over ranks
     # majority comes from the training labels of *both* ranks, not rank zero's half
     default = yaml.safe_load((ROOT / "mtl_lightning" / "resources" / "default.yaml").read_text())
     tiny = {TINY[i].split(".")[-1]: int(TINY[i + 1]) for i in range(0, 8, 2)}
