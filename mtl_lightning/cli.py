@@ -24,10 +24,13 @@ from mtl_lightning.checkpoint_io import (
     remove_stale_temp_files,
 )
 from mtl_lightning.checks import CheckpointFileError, check_checkpoint_file
+from mtl_lightning.console import quiet_library_noise
 from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.run_config import check_checkpoint_tasks, check_importable, run_config_of
 
+#: the program name in usage lines (argparse would say ``__main__.py``)
+PROG = "python -m mtl_lightning"
 DEFAULT_CONFIG = str(resources.files("mtl_lightning") / "resources" / "default.yaml")
 
 
@@ -157,12 +160,16 @@ def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI | None
         return None
     if argv and argv[0] in ("-h", "--help"):
         print("extra subcommands: " + ", ".join(f"{k} ({v})" for k, v in EXTRA_COMMANDS.items()))
+    quiet_library_noise(argv[0] if argv else None)
+    full = with_default_config(argv)
+    if args is None:  # the command line: LightningCLI reads sys.argv itself (no args warning)
+        sys.argv = [PROG, *full]
     return MultiTaskCLI(
         MultiTaskModule,
         MultiTaskDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=with_default_config(argv),
+        args=None if args is None else full,
         run=run,
     )
 

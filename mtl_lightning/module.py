@@ -45,6 +45,7 @@ from mtl_lightning.nn.contract import (
 )
 from mtl_lightning.nn.heads import decode, task_heads
 from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
+from mtl_lightning.optim import fit_schedule_to_run
 from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.validation import check_batch, unpack_batch
 from mtl_lightning.weighting import GradientWeighting, StaticWeighting, WeightingStrategy
@@ -968,6 +969,8 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
+        trainer = self._trainer  # None outside a Trainer: a given T_max is needed then
+        fit_schedule_to_run(scheduler, trainer.max_epochs if trainer is not None else None)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
