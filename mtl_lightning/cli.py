@@ -14,6 +14,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from mtl_lightning.callbacks import GradientReversalSchedule, MultiTaskSummary
 from mtl_lightning.callbacks.config_fingerprint import ConfigFingerprint
+from mtl_lightning.callbacks.data_summary import DataSummary
 from mtl_lightning.callbacks.epoch_end_resume import EpochEndResume
 from mtl_lightning.callbacks.fail_fast import ensure_fail_fast
 from mtl_lightning.callbacks.rng_state import RNGStateCheckpoint
@@ -82,6 +83,8 @@ class MultiTaskCLI(LightningCLI):
             callbacks.append(RNGStateCheckpoint())
         if not any(isinstance(c, EpochEndResume) for c in callbacks):
             callbacks.append(EpochEndResume())  # a last-batch step checkpoint (issue 12)
+        if not any(isinstance(c, DataSummary) for c in callbacks):
+            callbacks.append(DataSummary())  # what the run trains on, printed once
         callbacks.append(ConfigFingerprint.from_cli(self))  # for `--ckpt_path last` (issue 12)
         if trainer.get("enable_checkpointing") is not False:
             callbacks = with_last_checkpoint(callbacks)

@@ -81,6 +81,9 @@ def test_default_fit_writes_run_directory(in_tmp, capsys):
     out = capsys.readouterr().out
     header = "task     role         val acc  val balanced acc  chance   n  linear probe  mlp probe  verdict"
     assert header in out  # the default's LeakageProbe puts its figures in the table
+    assert "Data (SyntheticSpeechDataModule): train 110, val 55, test 55 samples" in out
+    assert "speaker  classification       11   0.091  110/55/55" in out  # printed once, at start
+    assert out.count("Data (SyntheticSpeechDataModule)") == 1
     assert "speaker  adversarial" in out
 
     tags, plugins = _event_contents(run)
