@@ -53,6 +53,9 @@ from mtl_lightning.weighting.base import rerun_losses
 
 __all__ = ["MultiTaskModule", "NonFiniteError", "StepOutputs"]
 
+#: the validation metric of each task kind that the progress bar shows
+PROGRESS_METRIC = {"classification": "balanced_acc", "multilabel": "f1_macro", "regression": "mse"}
+
 
 @dataclass
 class StepOutputs:
@@ -460,8 +463,12 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
                 counted = stage == "train" and name in self.train_class_counts
                 counts = self.train_class_counts[name] if counted else None
                 update_task_metrics(task, collection, output, target, counts)
+            shown = PROGRESS_METRIC[task.kind] if stage == "val" else None  # the headline
             for key, metric in collection.items() if register else ():
-                self.log(f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True)
+                self.log(
+                    f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True,
+                    prog_bar=key == shown,
+                )  # fmt: skip
         total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
         on_step = stage == "train"
         # the step value (train/loss_step) is computed and logged only where it is shown: on
@@ -592,7 +599,9 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         Per-task gradients (of the trunk's parameters or of the shared representation) are
         averaged over DDP ranks *before* the strategy weights them; the trunk gets
         ``sum_k w_k g_k`` plus the adversaries' reversed gradient, each head the gradient of
-        its own (statically weighted) loss; then the optimizer steps.
+        its own (statically weighted) loss; then the optimizer steps. The losses handed to the
+        strategy are rank means too: a task with no labelled sample on any rank arrives as
+        exactly 0 on every rank, which the strategies read as absent (weight 0 or no update).
 
         Non-finite gradients never reach the strategy's state: the reduced Gramian (or
         Jacobian), losses and the heads' and adversaries' gradients are checked *before* the

@@ -84,6 +84,10 @@ def test_default_fit_writes_run_directory(in_tmp, capsys):
     assert "Data (SyntheticSpeechDataModule): train 110, val 55, test 55 samples" in out
     assert "speaker  classification       11   0.091  110/55/55" in out  # printed once, at start
     assert out.count("Data (SyntheticSpeechDataModule)") == 1
+    # the bar: each task's validation headline (the speaker's worst-case attacker) and lambda
+    shown = set(cli.trainer.progress_bar_metrics)
+    assert {"val/emotion/balanced_acc", "val/speaker/balanced_acc", "train/grl_lambda"} <= shown
+    assert "val/emotion/acc" not in shown and "train/emotion/balanced_acc" not in shown
     assert "speaker  adversarial" in out
 
     tags, plugins = _event_contents(run)

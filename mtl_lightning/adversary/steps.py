@@ -104,7 +104,8 @@ class AdversarySteps:
                 tag = f"{stage}/{name}/attacker/{i}/balanced_acc"
                 log_replicated(self, tag, row["balanced_acc"])  # type: ignore[arg-type]
             for key, value in values[best].items():
-                log_replicated(self, f"{stage}/{name}/{key}", value)  # type: ignore[arg-type]
+                shown = stage == "val" and key == "balanced_acc"  # the worst case, on the bar
+                log_replicated(self, f"{stage}/{name}/{key}", value, shown)  # type: ignore[arg-type]
             objective = self.attacker_metrics.objective(stage, name)
             log_replicated(self, f"{stage}/{name}/objective", objective)  # type: ignore[arg-type]
             if stage == "val" and not self.trainer.sanity_checking:  # type: ignore[attr-defined]

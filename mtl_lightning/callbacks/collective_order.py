@@ -71,7 +71,9 @@ def place_metrics_sync(trainer: pl.Trainer) -> None:
     trainer.callbacks = callbacks
 
 
-def log_replicated(module: pl.LightningModule, name: str, value: Any) -> None:
+def log_replicated(
+    module: pl.LightningModule, name: str, value: Any, prog_bar: bool = False
+) -> None:
     """``module.log`` an epoch value that is identical on every rank by construction.
 
     (A constant such as a chance rate, a count reduced over ranks, or a value computed from
@@ -79,4 +81,7 @@ def log_replicated(module: pl.LightningModule, name: str, value: Any) -> None:
     small all-reduce at the epoch's end, in Lightning's own (rank-ordered) metric computation;
     without ``sync_dist`` Lightning warns that an epoch value is not synchronised.
     """
-    module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+    module.log(
+        name, value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max",
+        prog_bar=prog_bar,
+    )  # fmt: skip

@@ -91,4 +91,7 @@ class GradientReversalSchedule(pl.Callback):
         value = self.value_at(trainer.global_step, trainer.estimated_stepping_batches)
         pl_module.grl_lambda = value
         if logger_writes_step(trainer, trainer.global_step + 1):
-            pl_module.log("train/grl_lambda", value, on_step=True, on_epoch=False, batch_size=1)
+            pl_module.log(
+                "train/grl_lambda", value, on_step=True, on_epoch=False, batch_size=1,
+                prog_bar=bool(getattr(pl_module, "has_adversary", False)),
+            )  # fmt: skip
