@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -233,19 +234,29 @@ def probe_model(
     tasks: Sequence[str] | None = None,
     n_boot: int = 1000,
     kinds: Sequence[str] = ("linear", "mlp"),
+    progress: Callable[[str], None] | None = None,
 ) -> list[ProbeResult]:
     """Probe a (trained) ``MultiTaskModule``'s frozen trunk for the named (default: adversarial)
     tasks: fresh classifiers trained on ``train_loader``'s embeddings, scored on ``val_loader``'s.
 
     Samples whose label is missing (negative, e.g. ``-100``) are left out for that task.
+    ``progress`` receives a line before each stage (the CLI prints them).
     """
+    say = progress or (lambda message: None)
     names = probe_task_names(model, tasks)
     specs = {t.name: t for t in model.tasks}
+    start = time.perf_counter()
+    say("probe: embedding the training and validation splits with the frozen trunk")
     train_z, train_y = embed_dataset(model, train_loader, names)
     val_z, val_y = embed_dataset(model, val_loader, names)
+    say(f"probe: {len(train_z)} + {len(val_z)} embeddings in {time.perf_counter() - start:.1f} s")
     results = []
     for name in names:
         tr, va = train_y[name] >= 0, val_y[name] >= 0
+        say(
+            f"probe: {name}: training {' and '.join(kinds)} probes on {int(tr.sum())} samples, "
+            f"scoring {int(va.sum())} ({n_boot} bootstrap resamples)"
+        )
         results += probe_embeddings(
             train_z[tr],
             train_y[name][tr].long(),
@@ -306,7 +317,10 @@ def load_run(ckpt_path: str | Path) -> tuple[Any, Any, Path]:
 
 
 def probe_checkpoint(
-    ckpt_path: str | Path, tasks: Sequence[str] | None = None, n_boot: int = 1000
+    ckpt_path: str | Path,
+    tasks: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    progress: Callable[[str], None] | None = None,
 ) -> list[ProbeResult]:
     """Probe a run's checkpoint; data is rebuilt from the run's ``config.yaml``.
 
@@ -314,11 +328,14 @@ def probe_checkpoint(
     and logged to TensorBoard as ``probe/{task}/{linear|mlp}/balanced_acc`` (and ``chance``,
     ``ci_low``, ``ci_high``).
     """
+    if progress is not None:
+        progress(f"probe: loading {ckpt_path} and its run's data")
     model, data, run_dir = load_run(ckpt_path)
     probe_task_names(model, tasks)
     results = probe_model(
-        model, data.train_dataloader(), data.val_dataloader(), tasks, n_boot=n_boot
-    )
+        model, data.train_dataloader(), data.val_dataloader(), tasks, n_boot=n_boot,
+        progress=progress,
+    )  # fmt: skip
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(run_dir)) as writer:
@@ -350,7 +367,9 @@ def main(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples")
     args = parser.parse_args(list(argv))
-    results = probe_checkpoint(args.ckpt_path, args.tasks, args.n_boot)
+    results = probe_checkpoint(
+        args.ckpt_path, args.tasks, args.n_boot, progress=lambda m: print(m, flush=True)
+    )
     print(format_results(results))
     if not math.isfinite(sum(r.balanced_acc for r in results)):
         raise SystemExit("probe produced non-finite results")

@@ -50,6 +50,11 @@ def test_probe_subcommand_on_a_run(in_tmp, capsys):
     main(["probe", "--ckpt_path", str(ckpt), "--n_boot", "50"])
     out = capsys.readouterr().out
     assert "speaker  linear" in out and "speaker  mlp" in out
+    # progress while it works: loading, embedding, each task's probes (before the table)
+    assert out.index("probe: loading") < out.index("probe: 110 + 55 embeddings in")
+    assert out.index("probe: speaker: training linear and mlp probes on 110 samples") < out.rindex(
+        "speaker  linear"
+    )
     summary = json.loads((ckpt.parents[1] / "summary.json").read_text())
     assert {r["probe"] for r in summary["probe"]} == {"linear", "mlp"}
     assert summary["val"]["tasks"][0]["task"] == "emotion"  # fit's section is kept
