@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
+from torchjd.aggregation import MGDA
 
 from mtl_lightning import MultiTaskModule, TaskSpec
 from mtl_lightning.adversary import AdversaryConfig
@@ -199,3 +200,89 @@ def test_gradient_strategies_give_finite_weights_with_an_unlabelled_task(make):
     for _ in range(3):
         weights = strategy.gramian_weights(gramian, torch.tensor([1.0, 0.0]))
         assert bool(torch.isfinite(weights).all()), weights
+
+
+# ------------------------------------------------------------------ a task with no labelled sample
+def test_famo_gives_an_unlabelled_task_weight_0_and_leaves_its_logit():
+    famo = FAMO(lr=0.1)
+    famo.setup(MAIN)
+    assert _weights(famo, {"a": 1.0, "b": 0.0}) == {"a": 1.0, "b": 0.0}  # was a 0.0, b 2.0
+    three = [*MAIN, TaskSpec("c", 2)]
+    famo = FAMO(lr=0.1)
+    famo.setup(three)
+    for a in (1.0, 0.5, 0.25):  # b unlabelled; a falls, c does not
+        famo({"a": torch.tensor(a), "b": torch.tensor(0.0), "c": torch.tensor(1.0)}, three)
+        famo.after_optimizer_step(
+            lambda a=a: {k: torch.tensor(v) for k, v in {"a": a / 2, "b": 0.0, "c": 1.0}.items()}
+        )
+    assert float(famo.logits[1]) == 0.0 and float(famo.adam_m[1]) == 0.0  # b not pushed
+    assert float(famo.logits[2]) > 0.0 > float(famo.logits[0])  # c, stalled, is turned up
+
+
+@pytest.mark.parametrize("variant", ["paper", "normalised"])
+def test_gradnorm_records_an_initially_unlabelled_tasks_first_real_loss(variant):
+    """Identical tasks, b unlabelled in the first batch: the weights stay equal."""
+    g = GradNorm(variant=variant)
+    g.setup(MAIN)
+    g.gramian_weights(torch.diag(torch.tensor([1.0, 0.0])), torch.tensor([1.0, 0.0]))
+    assert g.weights.tolist() == [1.0, 1.0] and g.initialised.tolist() == [True, False]
+    for step in range(20):
+        loss = 0.9**step
+        g.gramian_weights(torch.eye(2), torch.tensor([loss, loss]))
+    assert g.initial_losses.tolist() == [1.0, 1.0]
+    assert g.weights.tolist() == pytest.approx([1.0, 1.0])  # were [0.571, 1.429] (paper)
+
+
+def test_gradnorm_loads_a_checkpoint_with_one_initialised_flag():
+    old = GradNorm()
+    old.setup(MAIN)
+    state = old.state_dict()
+    # before per-task flags: one scalar, and b's L(0) clamped to 1e-12 (unlabelled at step 1)
+    state["initialised"] = torch.tensor(True)
+    state["initial_losses"] = torch.tensor([2.0, 1e-12])
+    g = GradNorm()
+    g.setup(MAIN)
+    g.load_state_dict(state)
+    assert g.initialised.tolist() == [True, False]  # b is recorded afresh
+    g.gramian_weights(torch.eye(2), torch.tensor([1.0, 0.5]))
+    assert g.initial_losses.tolist() == [2.0, 0.5]
+
+
+def test_uncertainty_does_not_pull_an_unlabelled_tasks_log_variance_down():
+    u = UncertaintyWeighting()
+    u.setup(MAIN)
+    optimizer = torch.optim.Adam(u.parameters(), lr=0.01)
+    for _ in range(100):
+        optimizer.zero_grad()
+        u({"a": torch.tensor(2.0), "b": torch.tensor(0.0)}, MAIN).backward()
+        optimizer.step()
+    weights = u.last_weights
+    assert weights["b"] == 1.0 and weights["a"] < 1.0  # b was 2.69
+
+
+def test_mgda_weights_only_the_labelled_tasks():
+    mgda = JacobianAggregation(MGDA())
+    mgda.setup(MAIN)
+    weights = mgda.gramian_weights(torch.diag(torch.tensor([1.0, 0.0])), torch.tensor([1.0, 0.0]))
+    assert weights.tolist() == [1.0, 0.0]  # was [0.0, 1.0]: no trunk update
+    rows = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 3.0]])
+    weights = mgda.gramian_weights(rows @ rows.T, torch.tensor([1.0, 0.0, 2.0]))
+    assert weights.tolist() == pytest.approx([0.9, 0.0, 0.1])  # MGDA of a and c alone
+
+
+@pytest.mark.filterwarnings("ignore:.*no `val_dataloader`")
+def test_the_module_logs_weight_0_for_an_unlabelled_task_and_moves_the_trunk(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    tasks = [TaskSpec("a", 2), TaskSpec("y2", 3)]
+    model = MultiTaskModule(
+        tasks, trunk=DenseTrunk(6, divisors=(1,)), head_hidden=0,
+        weighting=JacobianAggregation(MGDA()),
+    )  # fmt: skip
+    start = [p.detach().clone() for p in model.trunk.parameters()]
+    trainer = _trainer(tmp_path, max_steps=1, log_every_n_steps=1, enable_checkpointing=False)
+    x = torch.randn(8, 6)
+    data = TensorTaskDataset(x, {"a": (x[:, 0] > 0).long(), "y2": torch.full((8,), -100)})
+    trainer.fit(model, DataLoader(data, batch_size=8))
+    assert trainer.callback_metrics["train/weight/y2"] == 0.0
+    assert trainer.callback_metrics["train/weight/a"] == 1.0
+    assert any(not torch.equal(p, q) for p, q in zip(start, model.trunk.parameters(), strict=True))

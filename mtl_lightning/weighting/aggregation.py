@@ -29,6 +29,12 @@ class JacobianAggregation(GradientWeighting):
     Nash-MTL keeps its state (step, previous weights, normalisation) in plain attributes, not in
     ``state_dict``: a resumed run starts it afresh.
 
+    A task whose loss is 0 (no labelled sample on any rank: the losses are averaged over ranks
+    first, so all ranks agree) gets weight 0, and the aggregator weights the other tasks as if
+    it did not exist: it sees their sub-Gramian (MGDA no longer puts all the weight on the zero
+    gradient). Stateful aggregators and those that need the Jacobian (Constant, Mean, Random,
+    Nash-MTL) see every task and the absent tasks' weights are then set to 0.
+
     In YAML::
 
         weighting:
@@ -69,6 +75,8 @@ class JacobianAggregation(GradientWeighting):
                 f"aggregator {name} needs the Jacobian itself, not its Gramian: use level='shared'"
             )
         self.seed = seed
+        # aggregators with state sized by the tasks (GradVac, PCD, Nash-MTL, ExcessMTL)
+        self.stateful = callable(getattr(self.aggregator, "reset", None))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def setup(self, tasks: Sequence[TaskSpec]) -> None:
@@ -84,12 +92,35 @@ class JacobianAggregation(GradientWeighting):
         # restore, every CUDA device), and fork_rng puts its state back afterwards
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(self.seed * 1_000_003 + int(self.step))
-            if self.gramian_based:
-                weights = self.aggregator.gramian_weighting(gramian)
+            present = losses != 0
+            if self.gramian_based and not self.stateful:
+                weights = self._present_weights(gramian, present)
             else:
-                if jacobian is None:
-                    raise ValueError(f"{type(self.aggregator).__name__} needs level='shared'")
-                weights = self.aggregator.weighting(jacobian)
+                weights = self._all_weights(gramian, jacobian) * present.to(gramian.dtype)
         if self.training:
             self.step += 1
         return weights.detach()
+
+    def _all_weights(self, gramian: Tensor, jacobian: Tensor | None) -> Tensor:
+        if self.gramian_based:
+            return self.aggregator.gramian_weighting(gramian)
+        if jacobian is None:
+            raise ValueError(f"{type(self.aggregator).__name__} needs level='shared'")
+        return self.aggregator.weighting(jacobian)
+
+    def _present_weights(self, gramian: Tensor, present: Tensor) -> Tensor:
+        """The aggregator's weights of the present tasks' sub-Gramian; 0 for the others.
+
+        The ``K x K`` Gramian and the mask reach the host in one transfer, which takes the
+        place of the synchronisations torchjd's solvers make (MGDA's loop, the QP of UPGrad and
+        DualProj, PCGrad's copy to the CPU): the choice and the small solve run there."""
+        k = present.numel()
+        host = torch.cat([gramian.flatten(), present.to(gramian.dtype)]).cpu()
+        sub, keep = host[: k * k].view(k, k), host[k * k :] != 0
+        if bool(keep.all()):
+            return self.aggregator.gramian_weighting(sub).to(gramian.device)
+        weights = torch.zeros(k, dtype=sub.dtype)
+        if bool(keep.any()):
+            index = keep.nonzero().squeeze(1)
+            weights[index] = self.aggregator.gramian_weighting(sub[index][:, index])
+        return weights.to(gramian.device)

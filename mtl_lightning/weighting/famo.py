@@ -15,20 +15,25 @@ from mtl_lightning.weighting.static import weighted_sum
 
 
 def famo_weights(logits: Tensor, losses: Tensor, min_losses: Tensor, eps: float = 1e-8) -> Tensor:
-    """Gradient weights of FAMO's objective ``sum_k z_k log(L_k - m_k) / c``, summed to ``K``.
+    """Gradient weights of FAMO's objective ``sum_k z_k log(L_k - m_k) / c`` over the present
+    tasks, summed to their number.
 
-    ``z = softmax(logits)`` and ``c = sum_k z_k / (L_k - m_k)``: the objective's gradient is
-    ``sum_k w_k grad L_k`` with ``w_k = z_k / (c (L_k - m_k))``, which sum to 1; here they are
-    scaled by ``K`` so the plain sum's learning rate carries over.
+    A task is present when ``L_k > m_k``; one at or below its bound (a task with no labelled
+    sample has ``L_k = 0``) gets weight 0 and the objective is taken over the others:
+    ``z = softmax(logits)``, ``c = sum_k z_k / (L_k - m_k)`` and ``w_k = z_k / (c (L_k - m_k))``,
+    which sum to 1, scaled by the number of present tasks so the plain sum's learning rate
+    carries over (``K`` when every task is labelled).
 
     Example:
         >>> famo_weights(torch.zeros(2), torch.tensor([1.0, 3.0]), torch.zeros(2))
         tensor([1.5000, 0.5000])
+        >>> famo_weights(torch.zeros(3), torch.tensor([1.0, 0.0, 3.0]), torch.zeros(3))
+        tensor([1.5000, 0.0000, 0.5000])
     """
+    present = losses > min_losses
     z = torch.softmax(logits, dim=0)
-    gaps = losses - min_losses + eps
-    raw = z / gaps
-    return losses.numel() * raw / raw.sum()
+    raw = torch.where(present, z / (losses - min_losses + eps), 0.0)
+    return present.sum() * raw / raw.sum().clamp_min(torch.finfo(raw.dtype).tiny)
 
 
 def famo_logit_gradient(
@@ -36,16 +41,25 @@ def famo_logit_gradient(
 ) -> Tensor:
     """Gradient for FAMO's task logits: ``J_softmax(logits)^T (log gap_prev - log gap_now)``.
 
-    Descending it raises the weight of tasks whose (log) loss fell the least.
+    Descending it raises the weight of tasks whose (log) loss fell the least. Only tasks above
+    their bound both before and after the step take part (``keep``): the softmax and its
+    Jacobian are those of the kept tasks' logits, and every other task's gradient is 0.
 
     Example:
         >>> g = famo_logit_gradient(torch.zeros(2), torch.tensor([1.0, 1.0]),
         ...                         torch.tensor([0.5, 1.0]), torch.zeros(2))
         >>> [round(v, 4) for v in g.tolist()]
         [0.1733, -0.1733]
+        >>> g = famo_logit_gradient(torch.zeros(3), torch.tensor([1.0, 0.0, 1.0]),
+        ...                         torch.tensor([0.5, 0.0, 1.0]), torch.zeros(3))
+        >>> [round(v, 4) for v in g.tolist()]  # the unlabelled task is not pushed
+        [0.1733, 0.0, -0.1733]
     """
+    keep = (previous > min_losses) & (current > min_losses)
     delta = torch.log(previous - min_losses + eps) - torch.log(current - min_losses + eps)
-    z = torch.softmax(logits, dim=0)
+    delta = torch.where(keep, delta, 0.0)
+    z = torch.softmax(logits, dim=0) * keep
+    z = z / z.sum().clamp_min(torch.finfo(z.dtype).tiny)
     # Jacobian of softmax is diag(z) - z z^T (symmetric)
     return z * delta - z * (z @ delta)
 
@@ -74,6 +88,11 @@ class FAMO(WeightingStrategy):
     losses, so DDP's gradient averaging is exact. A non-finite recomputed loss (a step that
     diverged) leaves the logits as they were; the host's ``nonfinite`` policy then meets it at
     the next step. Adversarial tasks keep their static weight.
+
+    A task at or below its bound (no labelled sample on any rank: rank-mean loss 0) gets weight
+    0 and the others' weights sum to their number; a step where it is absent before or after
+    leaves its logit and Adam moments as they were (the others' update is the same as without
+    it).
 
     Args:
         lr: Adam learning rate of the task logits (official code: ``w_lr = 0.025``).
@@ -139,8 +158,14 @@ class FAMO(WeightingStrategy):
     def _update_logits(self, before: Tensor, after: Tensor) -> None:
         grad = famo_logit_gradient(self.logits, before, after, self.min_losses)
         self.adam_t += 1
-        self.logits, self.adam_m, self.adam_v = adam_step(
+        stepped = adam_step(
             self.logits, grad, (self.adam_m, self.adam_v), int(self.adam_t), self.lr, self.gamma
+        )
+        # a task absent before or after the step: logit and moments as they were
+        keep = (before > self.min_losses) & (after > self.min_losses)
+        old = (self.logits, self.adam_m, self.adam_v)
+        self.logits, self.adam_m, self.adam_v = (
+            torch.where(keep, new, was) for new, was in zip(stepped, old, strict=True)
         )
 
     def after_optimizer_step(self, recompute: Callable[[], Mapping[str, Tensor]]) -> None:

@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import GradientLevel, GradientWeighting, adam_step
+
+
+def _active_mean(values: Tensor, active: Tensor) -> Tensor:
+    return torch.where(active, values, 0.0).sum() / active.sum().clamp_min(1)
+
+
+def _gradnorm_targets(
+    scaled: Tensor, losses: Tensor, initial_losses: Tensor, alpha: float, active: Tensor
+) -> Tensor:
+    """``G_bar r_k^alpha``, both means taken over the active tasks."""
+    ratio = losses / initial_losses
+    return _active_mean(scaled, active) * (ratio / _active_mean(ratio, active)) ** alpha
+
+
+def renormalise(updated: Tensor, weights: Tensor, active: Tensor) -> Tensor:
+    """Floor ``updated`` at ``1e-3`` and scale the active tasks' weights so that, with the
+    others' (unchanged) ``weights``, the sum is ``K``.
+
+    Example:
+        >>> renormalise(torch.tensor([3.0, 1.0, 5.0]), torch.ones(3),
+        ...             torch.tensor([True, True, False]))
+        tensor([1.5000, 0.5000, 1.0000])
+    """
+    updated = updated.clamp_min(1e-3)
+    budget = weights.numel() - torch.where(active, 0.0, weights).sum()
+    share = torch.where(active, updated, 0.0).sum().clamp_min(1e-12)
+    return torch.where(active, budget * updated / share, weights)
 
 
 def gradnorm_update(
@@ -19,6 +46,7 @@ def gradnorm_update(
     initial_losses: Tensor,
     alpha: float = 1.5,
     lr: float = 0.025,
+    active: Tensor | None = None,
 ) -> Tensor:
     """One step of GradNorm's ``"normalised"`` variant; returns new weights summing to ``K``.
 
@@ -27,40 +55,47 @@ def gradnorm_update(
     ``L_grad = sum_k |G_k - G_bar r_k^alpha|`` in ``w`` (targets held constant), whose
     gradient is ``sign(G_k - target_k) ||g_k||``. The step is divided by the mean gradient
     norm so ``lr`` does not depend on the scale of the gradients; weights are then kept
-    positive and renormalised to sum to ``K``.
+    positive and renormalised to sum to ``K`` (:func:`renormalise`). With ``active`` (a ``[K]``
+    mask; default all), the means run over the active tasks and the others keep their weight.
 
     Example:
         >>> gradnorm_update(torch.ones(2), torch.tensor([1.0, 3.0]), torch.ones(2),
         ...                 torch.ones(2), lr=0.1)
         tensor([1.1053, 0.8947])
     """
-    k = weights.numel()
+    active = torch.ones_like(weights, dtype=torch.bool) if active is None else active
     scaled = weights * grad_norms
-    ratio = losses / initial_losses
-    target = scaled.mean() * (ratio / ratio.mean()) ** alpha
-    grad = torch.sign(scaled - target) * grad_norms / grad_norms.mean().clamp_min(1e-12)
-    updated = (weights - lr * grad).clamp_min(1e-3)
-    return k * updated / updated.sum()
+    target = _gradnorm_targets(scaled, losses, initial_losses, alpha, active)
+    mean_norm = _active_mean(grad_norms, active).clamp_min(1e-12)
+    grad = torch.sign(scaled - target) * grad_norms / mean_norm
+    return renormalise(weights - lr * grad, weights, active)
 
 
 def gradnorm_weight_gradient(
-    weights: Tensor, grad_norms: Tensor, losses: Tensor, initial_losses: Tensor, alpha: float = 1.5
+    weights: Tensor,
+    grad_norms: Tensor,
+    losses: Tensor,
+    initial_losses: Tensor,
+    alpha: float = 1.5,
+    active: Tensor | None = None,
 ) -> Tensor:
     """Gradient in ``w`` of the paper's ``L_grad = sum_k |G_k - G_bar r_k^alpha|``.
 
     ``G_k = w_k ||g_k||`` (the norm of the gradient of ``w_k L_k``), ``G_bar = mean_k G_k``,
     ``r_k = (L_k / L_k(0)) / mean_j (L_j / L_j(0))``; the target ``G_bar r_k^alpha`` is held
     constant (Chen et al. 2018, eq. 2), so the gradient is ``sign(G_k - target_k) ||g_k||``.
+    With ``active`` (default all), the sum and means run over the active tasks: the others'
+    gradient is 0.
 
     Example:
         >>> gradnorm_weight_gradient(torch.ones(2), torch.tensor([1.0, 3.0]), torch.ones(2),
         ...                          torch.ones(2))
         tensor([-1.,  3.])
     """
+    active = torch.ones_like(weights, dtype=torch.bool) if active is None else active
     scaled = weights * grad_norms
-    ratio = losses / initial_losses
-    target = scaled.mean() * (ratio / ratio.mean()) ** alpha
-    return torch.sign(scaled - target) * grad_norms
+    target = _gradnorm_targets(scaled, losses, initial_losses, alpha, active)
+    return torch.where(active, torch.sign(scaled - target) * grad_norms, 0.0)
 
 
 GradNormVariant = Literal["paper", "normalised"]
@@ -79,8 +114,11 @@ class GradNorm(GradientWeighting):
     * ``variant="normalised"``: :func:`gradnorm_update`, a plain step along the same gradient
       divided by the mean gradient norm (so ``lr`` does not depend on the gradients' scale).
 
-    The weights used at a step are those before that step's update; ``L_k(0)`` are the first
-    training step's losses. LibMTL (``LibMTL/weighting/GradNorm.py``) differs: softmax-
+    The weights used at a step are those before that step's update; ``L_k(0)`` is task ``k``'s
+    loss at the first training step where it is not 0 (0: no labelled sample on any rank). A
+    task that has no ``L_k(0)`` yet or a loss of 0 at this step is left out of the update: its
+    weight (and Adam state) stays, and the means and the renormalisation run over the others, so
+    the weights still sum to ``K``. LibMTL (``LibMTL/weighting/GradNorm.py``) differs: softmax-
     parameterised weights, ``L(0)`` from the first epoch's mean, equal weights in that epoch.
 
     The norms ``||g_k||`` come from the per-task gradients the host computes. ``level="shared"``:
@@ -128,24 +166,37 @@ class GradNorm(GradientWeighting):
         for name in ("weights", "initial_losses", "adam_m", "adam_v"):
             self.register_buffer(name, torch.ones(0))
         self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
-        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        # per task: L_k(0) recorded (older checkpoints hold one scalar: _load_from_state_dict)
+        self.register_buffer("initialised", torch.zeros(0, dtype=torch.bool))
 
     def setup(self, tasks: Sequence[TaskSpec]) -> None:
         k = sum(1 for t in tasks if not t.adversarial)
         self.weights = torch.ones(k)
         self.initial_losses = torch.ones(k)
         self.adam_m, self.adam_v = torch.zeros(k), torch.zeros(k)
+        self.initialised = torch.zeros(k, dtype=torch.bool)
 
-    def _paper_step(self, norms: Tensor, losses: Tensor) -> Tensor:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """A checkpoint's scalar ``initialised`` (one flag for all tasks) becomes per task; a
+        task whose ``L_k(0)`` is the old ``1e-12`` floor (no labelled sample at the first step)
+        is recorded afresh."""
+        key = prefix + "initialised"
+        flag, initial = state_dict.get(key), state_dict.get(prefix + "initial_losses")
+        if flag is not None and flag.dim() == 0 and initial is not None:
+            state_dict[key] = flag & (initial > 1e-12)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def _paper_step(self, norms: Tensor, losses: Tensor, active: Tensor) -> Tensor:
         grad = gradnorm_weight_gradient(
-            self.weights, norms, losses, self.initial_losses, self.alpha
+            self.weights, norms, losses, self.initial_losses, self.alpha, active
         )
         self.adam_t += 1
-        stepped, self.adam_m, self.adam_v = adam_step(
+        stepped, m, v = adam_step(
             self.weights, grad, (self.adam_m, self.adam_v), int(self.adam_t), self.lr
         )
-        stepped = stepped.clamp_min(1e-3)
-        return stepped.numel() * stepped / stepped.sum()
+        self.adam_m = torch.where(active, m, self.adam_m)
+        self.adam_v = torch.where(active, v, self.adam_v)
+        return renormalise(stepped, self.weights, active)
 
     def gramian_weights(
         self, gramian: Tensor, losses: Tensor, jacobian: Tensor | None = None
@@ -154,14 +205,15 @@ class GradNorm(GradientWeighting):
         if not self.training:
             return used
         losses = losses.to(self.weights)
-        if not bool(self.initialised):
-            self.initial_losses = losses.clamp_min(1e-12)
-            self.initialised.fill_(True)
+        fresh = ~self.initialised & (losses > 0)
+        self.initial_losses = torch.where(fresh, losses, self.initial_losses)
+        self.initialised = self.initialised | fresh
+        active = self.initialised & (losses > 0)
         norms = gramian.diagonal().clamp_min(0).sqrt().to(self.weights)
         if self.variant == "paper":
-            self.weights = self._paper_step(norms, losses)
+            self.weights = self._paper_step(norms, losses, active)
         else:
             self.weights = gradnorm_update(
-                self.weights, norms, losses, self.initial_losses, self.alpha, self.lr
+                self.weights, norms, losses, self.initial_losses, self.alpha, self.lr, active
             )
         return used

@@ -21,13 +21,20 @@ def uncertainty_total(losses: Tensor, log_vars: Tensor, regression: Tensor) -> T
     LibMTL (``LibMTL/weighting/UW.py``) uses the regression form ``L/(2 e^s) + s/2`` for every
     task; a classification term here equals it at ``s - log 2`` plus ``log(2)/2``.
 
+    A task whose loss is exactly 0 (no labelled sample) drops out, ``s_k / 2`` included, so its
+    ``s_k`` gets no gradient (the loss stays in the graph, multiplied by 0).
+
     Example:
         >>> uncertainty_total(torch.tensor([2.0, 4.0]), torch.tensor([0.0, 2.0]),
         ...                   torch.tensor([False, True]))
         tensor(3.2707)
+        >>> uncertainty_total(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0]),
+        ...                   torch.tensor([False, True]))
+        tensor(2.)
     """
     scale = torch.where(regression, 0.5, 1.0).to(losses)
-    return (scale * torch.exp(-log_vars) * losses + 0.5 * log_vars).sum()
+    present = (losses.detach() != 0).to(losses)
+    return (present * (scale * torch.exp(-log_vars) * losses + 0.5 * log_vars)).sum()
 
 
 class UncertaintyWeighting(WeightingStrategy):
@@ -41,7 +48,8 @@ class UncertaintyWeighting(WeightingStrategy):
     ``s = 0``. The log-variances are parameters of this module: the model's optimizer learns
     them (:meth:`~mtl_lightning.module.MultiTaskModule.configure_optimizers` puts them in a
     parameter group without weight decay) and checkpoints keep them. Adversarial tasks keep
-    their static ``TaskSpec.weight``.
+    their static ``TaskSpec.weight``. A task with a loss of exactly 0 (no labelled sample in
+    this rank's batch) adds nothing, not even ``s_k / 2``: its ``s_k`` is not pulled down.
 
     Args:
         init_log_var: Initial ``s_k`` for every task.

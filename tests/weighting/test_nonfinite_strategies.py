@@ -55,7 +55,7 @@ def test_overflowing_16_mixed_steps_leave_gradnorm_finite_and_training_resumes(n
     assert scaler.get_scale() < 2.0**20  # it did overflow, several times
     weights = model.weighting.weights
     assert torch.isfinite(weights).all(), weights
-    assert bool(model.weighting.initialised)  # updated once the scale had come down ...
+    assert bool(model.weighting.initialised.all())  # updated once the scale had come down ...
     assert not torch.allclose(weights, torch.ones_like(weights))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     moved = [k for k, p in model.named_parameters() if not torch.equal(p.detach(), start[k])]
@@ -129,5 +129,5 @@ def test_nonfinite_gradient_raises_naming_step_and_batch_before_the_strategy_run
     trainer = _trainer(2, callbacks=[_PoisonFirstBatch()])
     with pytest.raises(NonFiniteError, match=r"step 0, batch 0: .*'emotion'"):
         trainer.fit(model, _data())
-    assert not bool(model.weighting.initialised)
+    assert not bool(model.weighting.initialised.any())
     assert torch.equal(model.weighting.weights, torch.ones(2))
