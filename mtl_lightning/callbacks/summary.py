@@ -12,6 +12,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 
+from mtl_lightning.callbacks.run_hparams import (
+    cli_config,
+    fallback_hparams,
+    log_hparams_session,
+    run_hparams,
+)
+from mtl_lightning.callbacks.tensorboard_layout import STAGES, tensorboard_layout
 from mtl_lightning.summary import (
     add_probe_results,
     checkpoint_provenance,
@@ -20,73 +27,12 @@ from mtl_lightning.summary import (
     training_summary_path,
     update_summary,
 )
-from mtl_lightning.tasks import TaskSpec
 
-
-def tensorboard_layout(tasks: list[TaskSpec]) -> dict[str, dict[str, list[Any]]]:
-    """Custom-scalars layout: per task and stage, accuracy, balanced accuracy and chance together
-    (a multilabel task: its F1 scores and exact match beside its baseline).
-
-    Example:
-        >>> layout = tensorboard_layout([TaskSpec("emotion", 5)])
-        >>> layout["val: accuracy vs chance"]["emotion"][1][:3]
-        ['val/emotion/acc', 'val/emotion/balanced_acc', 'val/emotion/chance']
-        >>> tensorboard_layout([TaskSpec("tags", 3, kind="multilabel")])["val: accuracy vs chance"]
-        {'tags': ['Multiline', ['val/tags/f1_micro', 'val/tags/f1_macro', 'val/tags/exact_match', 'val/tags/baseline']]}
-    """
-    layout: dict[str, dict[str, list[Any]]] = {}
-    for stage in ("val", "train", "test"):
-        charts: dict[str, list[Any]] = {}
-        for t in tasks:
-            keys = {
-                "classification": ("acc", "balanced_acc", "chance", "majority"),
-                "multilabel": ("f1_micro", "f1_macro", "exact_match", "baseline"),
-            }.get(t.kind, ("mse", "mae"))
-            tags = [f"{stage}/{t.name}/{k}" for k in keys]
-            charts[t.name] = ["Multiline", tags]
-        layout[f"{stage}: accuracy vs chance"] = charts
-    layout["losses"] = {
-        "total": ["Multiline", ["train/loss_epoch", "val/loss", "test/loss"]],
-        **{
-            t.name: ["Multiline", [f"{s}/{t.name}/loss" for s in ("train", "val", "test")]]
-            for t in tasks
-        },
-    }
-    layout["adversary"] = {
-        "lambda (adversary strength, train/grl_lambda)": ["Multiline", ["train/grl_lambda"]]
-    }
-    for t in tasks:
-        if t.adversarial and t.is_classification:  # the worst case beside the fresh probes
-            layout["adversary"][f"{t.name}: attackers vs probes vs chance"] = [
-                "Multiline",
-                [
-                    f"val/{t.name}/balanced_acc",
-                    f"val/{t.name}/attacker/.*/balanced_acc",
-                    f"probe/{t.name}/.*/balanced_acc",
-                    f"val/{t.name}/chance",
-                ],
-            ]
-    return layout
+__all__ = ["MultiTaskSummary", "checkpoint_paths", "tensorboard_layout"]
 
 
 def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
-
-def _flat_hparams(pl_module: pl.LightningModule) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for key, value in dict(pl_module.hparams).items():
-        if key == "tasks":
-            for item in value:
-                spec = item if isinstance(item, dict) else item.to_dict()
-                params[f"task/{spec['name']}"] = (
-                    f"{spec['role']} {spec['kind']} K={spec['size']} w={spec['weight']}"
-                )
-        elif isinstance(value, (int, float, str, bool)):
-            params[key] = value
-        else:
-            params[key] = str(value)
-    return params
 
 
 def checkpoint_paths(trainer: pl.Trainer) -> dict[str, str | None]:
@@ -148,6 +94,8 @@ class MultiTaskSummary(pl.Callback):
 
     def __init__(self, print_table: bool = True) -> None:
         self.print_table = print_table
+        self._tags: set[str] = set()  # the scalar tags logged so far (rank zero)
+        self._layout: dict[str, Any] | None = None  # the Custom Scalars layout written last
 
     @staticmethod
     def summary_path(trainer: pl.Trainer) -> str | None:
@@ -156,9 +104,12 @@ class MultiTaskSummary(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tb = _tensorboard(trainer)
-        if tb is not None and hasattr(pl_module, "tasks"):
-            tb.experiment.add_custom_scalars(tensorboard_layout(pl_module.tasks))
+        self._tags, self._layout = set(), None
+        self._write_layout(trainer, pl_module, expected=("train", "val"))
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_layout(trainer, pl_module)  # the sections of the tags logged so far
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # trainer.log_dir broadcasts under DDP, so every rank asks for it; only rank zero writes
@@ -203,9 +154,30 @@ class MultiTaskSummary(pl.Callback):
             update_summary(run, section, payload)
             if self.print_table:
                 print(f"{section} results added to the training run's summary {run}")
+        self._write_layout(trainer, pl_module)
         tb = _tensorboard(trainer)
         if tb is not None and section == "val":
-            tb.log_hyperparams(_flat_hparams(pl_module), _hp_metrics(rows))
+            config = cli_config(trainer) or fallback_hparams(trainer, pl_module)
+            adversaries = getattr(pl_module, "adversaries", None) or {}
+            objectives = {name: str(a.kind) for name, a in adversaries.items()}
+            params = run_hparams(config, pl_module.tasks, objectives)
+            log_hparams_session(tb, params, _hp_metrics(rows), trainer.global_step)
+
+    def _write_layout(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, expected: tuple[str, ...] = ()
+    ) -> None:
+        """(Re)write the Custom Scalars layout: the sections of the stages that ran and of the
+        tags logged so far (kept over fit, validate and test with the same callback); the
+        newest layout of a run is the one TensorBoard shows."""
+        tb = _tensorboard(trainer)
+        if tb is None or not hasattr(pl_module, "tasks"):
+            return
+        self._tags |= set(trainer.callback_metrics)
+        ran = {s for s in STAGES if any(t.startswith(f"{s}/") for t in self._tags)}
+        layout = tensorboard_layout(pl_module.tasks, ran | set(expected), self._tags)
+        if layout != self._layout:
+            tb.experiment.add_custom_scalars(layout)
+            self._layout = layout
 
 
 def _hp_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from mtl_lightning.affinity import (
@@ -19,6 +19,7 @@ from mtl_lightning.affinity import (
     heatmap_image,
     lookahead_losses,
 )
+from mtl_lightning.affinity.figure import affinity_figure_image, nice_scale, off_diagonal_max
 from mtl_lightning.callbacks.collective_order import log_replicated
 
 
@@ -61,15 +62,23 @@ class TaskAffinity(pl.Callback):
     ranks, as one process would compute them on the global batch.
 
     At each training epoch end the epoch's mean matrix is logged as ``affinity/{i}_to_{j}``, drawn
-    as a heatmap image (TensorBoard; rows = source, columns = target, red helps, blue hurts), and
-    every epoch so far is written to ``{trainer.log_dir}/affinity.json`` with the gradient cosine
-    matrix (rank zero).
+    as the image ``affinity/heatmap`` at the global step (TensorBoard; rows = source, columns =
+    target, task names on both axes, values in the cells, red helps, blue hurts on a colour
+    scale fixed for the whole run, self-affinity grey, unmeasured pairs hatched ``n/a``; with
+    matplotlib, else an unlabelled grid), and every epoch so far is written to
+    ``{trainer.log_dir}/affinity.json`` with the gradient cosine matrix (rank zero).
 
     Args:
         every_n_steps: Measure on every ``n``-th training batch.
         lr: Step size of the virtual step (default: the optimizer's current learning rate).
         output_file: Name of the JSON file in the run directory.
         log_image: Add the heatmap image to TensorBoard.
+        image_scale: The affinity drawn in full colour (the same for every epoch, so epochs
+            compare; beyond it colours saturate). Default: fixed at the first logged epoch, as
+            its largest off-diagonal value rounded up to 1, 2 or 5 times a power of ten.
+
+    Raises:
+        ValueError: ``every_n_steps < 1``, ``lr <= 0`` or ``image_scale <= 0``.
     """
 
     def __init__(
@@ -78,15 +87,20 @@ class TaskAffinity(pl.Callback):
         lr: float | None = None,
         output_file: str = "affinity.json",
         log_image: bool = True,
+        image_scale: float | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
         if lr is not None and not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if image_scale is not None and not image_scale > 0:
+            raise ValueError(f"image_scale must be > 0, got {image_scale}")
         self.every_n_steps = every_n_steps
         self.lr = lr
         self.output_file = output_file
         self.log_image = log_image
+        self.image_scale = image_scale  # set at the first image when None; kept by checkpoints
+        self._warned_no_matplotlib = False
         self.tasks: list[str] = []
         self._sum: Tensor | None = None
         self._cos_sum: Tensor | None = None
@@ -227,11 +241,28 @@ class TaskAffinity(pl.Callback):
                 json.dump({"tasks": record["tasks"], "epochs": self.history}, f, indent=1)
             os.replace(path + ".tmp", path)
         if self.log_image:
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    z = [[0.0 if v is None else v for v in row] for row in record["affinity"]]
-                    image = heatmap_image(torch.tensor(z))
-                    logger.experiment.add_image("affinity/heatmap", image, record["epoch"])
+            self._log_image(trainer, record)
+
+    def _log_image(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+        """The labelled heatmap at the global step (the step of the affinity scalars)."""
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        if self.image_scale is None:
+            self.image_scale = nice_scale(off_diagonal_max(record["affinity"]))
+        title = f"affinity, epoch {record['epoch']} (step {record['step']})"
+        image = affinity_figure_image(record["affinity"], record["tasks"], self.image_scale, title)
+        if image is None:  # no matplotlib: the unlabelled grid, unmeasured pairs drawn as 0
+            if not self._warned_no_matplotlib:
+                rank_zero_warn(
+                    "TaskAffinity: matplotlib is not installed, so affinity/heatmap is an "
+                    "unlabelled colour grid (pip install matplotlib for names and values)"
+                )
+                self._warned_no_matplotlib = True
+            z = [[0.0 if v is None else v for v in row] for row in record["affinity"]]
+            image = heatmap_image(torch.tensor(z), scale=self.image_scale)
+        for logger in loggers:
+            logger.experiment.add_image("affinity/heatmap", image, record["step"])
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
@@ -242,6 +273,7 @@ class TaskAffinity(pl.Callback):
             "count": self._count,
             "pair_count": None if self._pair_count is None else self._pair_count.tolist(),
             "history": list(self.history),
+            "image_scale": self.image_scale,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -255,3 +287,5 @@ class TaskAffinity(pl.Callback):
             pairs = torch.full(self._sum.shape, self._count).tolist()
         self._pair_count = None if pairs is None else torch.tensor(pairs, dtype=torch.long)
         self.history = list(state_dict["history"])
+        if self.image_scale is None:  # the scale of the run's earlier images
+            self.image_scale = state_dict.get("image_scale")
