@@ -262,6 +262,19 @@ def update_summary(path: str | os.PathLike[str], section: str, payload: Any) -> 
     return data
 
 
+def epoch_index(trainer: Any) -> int:
+    """The 0-based index of the last epoch that ran, as Lightning's progress bar (``Epoch 19``
+    after 20 epochs), checkpoint names (``epoch=19``) and checkpoint files count.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> trainer = NS(fit_loop=NS(epoch_progress=NS(current=NS(started=20))))
+        >>> epoch_index(trainer)
+        19
+    """
+    return max(int(trainer.fit_loop.epoch_progress.current.started) - 1, 0)
+
+
 def checkpoint_provenance(ckpt_path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """``checkpoint``, ``epoch`` and ``global_step`` of a Lightning checkpoint, read from the
     file (a fresh trainer that only loaded its weights says 0 and 0). ``epoch`` is as Lightning

@@ -15,6 +15,7 @@ from mtl_lightning.probe import (
     probe_task_names,
     write_probe_results,
 )
+from mtl_lightning.summary import epoch_index
 
 
 class LeakageProbe(pl.Callback):
@@ -112,7 +113,7 @@ class LeakageProbe(pl.Callback):
             elif final:
                 self._write(trainer, log_dir, scalars=False)
             if final and self.print_table:
-                print(f"\nLeakage probes on the frozen trunk (epoch {trainer.current_epoch}):")
+                print(f"\nLeakage probes on the frozen trunk (epoch {epoch_index(trainer)}):")
                 print(format_results(self.results))
         trainer.strategy.barrier("LeakageProbe")
 

@@ -22,6 +22,7 @@ from mtl_lightning.callbacks.tensorboard_layout import STAGES, tensorboard_layou
 from mtl_lightning.summary import (
     add_probe_results,
     checkpoint_provenance,
+    epoch_index,
     format_table,
     task_results,
     training_summary_path,
@@ -56,7 +57,8 @@ def _stage_payload(
     loss = float(metrics[f"{stage}/loss"]) if f"{stage}/loss" in metrics else None
     if trainer.state.fn == TrainerFn.FITTING:
         return {
-            "epoch": trainer.current_epoch,
+            "epoch": epoch_index(trainer),  # as the progress bar and the checkpoints count
+            "epochs_completed": trainer.current_epoch,
             "global_step": trainer.global_step,
             "loss": loss,
             "tasks": rows,
