@@ -9,7 +9,6 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, DualProj, PCGrad, UPGrad
 
 from mtl_lightning.adversary import AdversaryConfig
 from mtl_lightning.cli import main
@@ -17,42 +16,16 @@ from mtl_lightning.data import SyntheticSpeechDataModule
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.nn import CNNTrunk
 from mtl_lightning.weighting import (
-    FAMO,
-    DynamicWeightAverage,
     GradientWeighting,
-    GradNorm,
-    InverseMetricWeighting,
     JacobianAggregation,
-    RandomLossWeighting,
     StaticWeighting,
-    UncertaintyWeighting,
 )
+from tests.weighting._strategies import strategy_factories
 
 ROOT = Path(__file__).resolve().parents[2]
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
-STRATEGIES = {
-    "static": lambda: StaticWeighting({"speaker": 0.5}),
-    "inverse_metric": lambda: InverseMetricWeighting(smoothing=0.0),
-    "uncertainty": UncertaintyWeighting,
-    "dwa": DynamicWeightAverage,
-    "rlw": RandomLossWeighting,
-    "famo": FAMO,
-    "gradnorm": GradNorm,
-    "gradnorm_rep": lambda: GradNorm(level="rep"),
-    "upgrad": lambda: JacobianAggregation(UPGrad()),
-    "upgrad_rep": lambda: JacobianAggregation(UPGrad(), level="rep"),
-    "mgda": lambda: JacobianAggregation(MGDA()),
-    "mgda_rep": lambda: JacobianAggregation(MGDA(), level="rep"),
-    "pcgrad": lambda: JacobianAggregation(PCGrad()),
-    "pcgrad_rep": lambda: JacobianAggregation(PCGrad(), level="rep"),
-    "imtlg": lambda: JacobianAggregation(IMTLG()),
-    "imtlg_rep": lambda: JacobianAggregation(IMTLG(), level="rep"),
-    "aligned_mtl": lambda: JacobianAggregation(AlignedMTL()),
-    "aligned_mtl_rep": lambda: JacobianAggregation(AlignedMTL(), level="rep"),
-    "dualproj": lambda: JacobianAggregation(DualProj()),
-    "dualproj_rep": lambda: JacobianAggregation(DualProj(), level="rep"),
-}
+STRATEGIES = strategy_factories("speaker")
 _W = "mtl_lightning.weighting."
 _AGG = [f"{_W}JacobianAggregation", "--model.weighting.aggregator"]
 CLI_WEIGHTING = {

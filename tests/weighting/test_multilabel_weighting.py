@@ -6,39 +6,19 @@ import math
 
 import pytest
 import torch
-from torchjd.aggregation import IMTLG, MGDA, AlignedMTL, DualProj, PCGrad, UPGrad
 
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting import (
-    FAMO,
-    DynamicWeightAverage,
-    GradNorm,
     InverseMetricWeighting,
-    JacobianAggregation,
-    RandomLossWeighting,
-    StaticWeighting,
     UncertaintyWeighting,
 )
 from tests._multilabel_helpers import TinyData, TinyTrunk, tiny_trainer
+from tests.weighting._strategies import strategy_factories
 
-STRATEGIES = {
-    "static": lambda: StaticWeighting({"tags": 0.5}),
-    "inverse_metric": lambda: InverseMetricWeighting(smoothing=0.0),
-    "uncertainty": UncertaintyWeighting,
-    "dwa": DynamicWeightAverage,
-    "rlw": RandomLossWeighting,
-    "famo": FAMO,
-    "gradnorm": GradNorm,
-    "gradnorm_rep": lambda: GradNorm(level="rep"),
-    "upgrad": lambda: JacobianAggregation(UPGrad()),
-    "upgrad_rep": lambda: JacobianAggregation(UPGrad(), level="rep"),
-    "mgda": lambda: JacobianAggregation(MGDA()),
-    "pcgrad": lambda: JacobianAggregation(PCGrad()),
-    "imtlg": lambda: JacobianAggregation(IMTLG()),
-    "aligned_mtl": lambda: JacobianAggregation(AlignedMTL()),
-    "dualproj_rep": lambda: JacobianAggregation(DualProj(), level="rep"),
-}
+_NAMES = ["static", "inverse_metric", "uncertainty", "dwa", "rlw", "famo", "gradnorm"]
+_NAMES += ["gradnorm_rep", "upgrad", "upgrad_rep", "mgda", "pcgrad", "imtlg", "aligned_mtl"]
+STRATEGIES = {n: f for n, f in strategy_factories("tags").items() if n in [*_NAMES, "dualproj_rep"]}
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
