@@ -30,6 +30,11 @@ from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.run_config import check_checkpoint_tasks, check_importable, run_config_of
 
+#: ``fit --help`` on ``--model.trunk``, instead of every ``torch.nn.Module`` subclass
+TRUNK_HELP = (
+    "; any nn.Module with an integer `out_features` that returns [batch, out_features], e.g. "
+    "mtl_lightning.nn.CNNTrunk, mtl_lightning.nn.DenseTrunk or your own class (docs/your-model.md)"
+)
 #: the program name in usage lines (argparse would say ``__main__.py``)
 PROG = "python -m mtl_lightning"
 DEFAULT_CONFIG = str(resources.files("mtl_lightning") / "resources" / "default.yaml")
@@ -48,6 +53,9 @@ class MultiTaskCLI(LightningCLI):
         parser.add_lightning_class_args(GradientReversalSchedule, "reversal")
         parser.add_lightning_class_args(MultiTaskSummary, "summary")
         parser.link_arguments("data.tasks", "model.tasks", apply_on="instantiate")
+        for action in parser._actions:  # every nn.Module would be listed (~500 lines of help)
+            if action.dest == "model.trunk" and hasattr(action, "extra_help"):
+                action.extra_help = lambda: TRUNK_HELP
 
     def before_instantiate_classes(self) -> None:
         """``validate|test|predict --ckpt_path X``: a datamodule with a ``restore_from`` argument
