@@ -47,3 +47,40 @@ def in_tmp(tmp_path, monkeypatch):
     """Run the test with tmp_path as the working directory (lightning_logs/ lands there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# The longest files first (measured: subprocess and two-process runs), so that pytest-xdist's
+# `--dist loadfile` hands them out while the other worker still has short files to take: the
+# suite ends when both workers do, not with one worker alone on a long file.
+SLOW_FIRST = [
+    "test_ddp_defaults.py",
+    "test_resume.py",
+    "test_ddp.py",
+    "test_benchmarks.py",
+    "test_fail_fast.py",
+    "test_resume_epoch_window.py",
+    "test_docs_pages.py",
+    "test_notebooks.py",
+    "test_cli.py",
+    "weighting/test_ddp_weighting.py",
+    "test_checkpoint_selection.py",
+    "test_outcome.py",
+    "weighting/test_conformance.py",
+    "test_nonfinite_ddp.py",
+    "adversary/test_erase_cli.py",
+    "data/test_audio_outcome.py",
+    "test_probe.py",
+]
+
+
+def pytest_collection_modifyitems(items):
+    tests = Path(__file__).resolve().parent
+
+    def rank(item) -> int:
+        try:
+            name = Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
+        except ValueError:  # a doctest module of the package
+            return len(SLOW_FIRST)
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
