@@ -3,8 +3,8 @@
 Run: ``python benchmarks/weighting.py [--steps 30] [--repeats 3]``. The default model (CNN
 trunk, 64-unit MLP heads, AdamW) on 40x64 log-mel-sized inputs, batch 64, each task 5 classes;
 mean training-step time under the Lightning Trainer (no validation, no logger, CPU), best of
-``--repeats`` alternating runs, as a ratio to ``StaticWeighting`` in the same run. Targets
-(issue 3): loss-based methods and FAMO with ``update="next_batch"`` <= 1.10x; FAMO's default
+``--repeats`` alternating runs, as a ratio to ``StaticWeighting`` in the same run. Targets:
+loss-based methods and FAMO with ``update="next_batch"`` <= 1.10x; FAMO's default
 ``"same_batch"`` (one extra forward pass per step, no backward) and rep-grad aggregation
 <= 1.5x; parameter-level aggregation <= (K + 1)x.
 """

@@ -1,3 +1,3 @@
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 
 main()

@@ -25,7 +25,7 @@ from mtl_lightning.checkpoint_io import (
     remove_stale_temp_files,
 )
 from mtl_lightning.checks import CheckpointFileError, check_checkpoint_file
-from mtl_lightning.console import quiet_library_noise
+from mtl_lightning.console import PROG, quiet_library_noise
 from mtl_lightning.data.base import MultiTaskDataModule
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.run_config import check_checkpoint_tasks, check_importable, run_config_of
@@ -35,8 +35,6 @@ TRUNK_HELP = (
     "; any nn.Module with an integer `out_features` that returns [batch, out_features], e.g. "
     "mtl_lightning.nn.CNNTrunk, mtl_lightning.nn.DenseTrunk or your own class (docs/your-model.md)"
 )
-#: the program name in usage lines (argparse would say ``__main__.py``)
-PROG = "python -m mtl_lightning"
 DEFAULT_CONFIG = str(resources.files("mtl_lightning") / "resources" / "default.yaml")
 
 
@@ -74,7 +72,6 @@ class MultiTaskCLI(LightningCLI):
         ):
             init_args.restore_from = str(ckpt_path)
 
-    # --- fault tolerance (issue 6): atomic checkpoint writes and RNG state in checkpoints -----
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Add :class:`AtomicCheckpointIO` (unless the config names a ``CheckpointIO``) and the
         :class:`RNGStateCheckpoint` and :class:`EpochEndResume` callbacks (unless configured),
@@ -90,13 +87,13 @@ class MultiTaskCLI(LightningCLI):
         if not any(isinstance(c, RNGStateCheckpoint) for c in callbacks):
             callbacks.append(RNGStateCheckpoint())
         if not any(isinstance(c, EpochEndResume) for c in callbacks):
-            callbacks.append(EpochEndResume())  # a last-batch step checkpoint (issue 12)
+            callbacks.append(EpochEndResume())  # a last-batch step checkpoint
         if not any(isinstance(c, DataSummary) for c in callbacks):
             callbacks.append(DataSummary())  # what the run trains on, printed once
-        callbacks.append(ConfigFingerprint.from_cli(self))  # for `--ckpt_path last` (issue 12)
+        callbacks.append(ConfigFingerprint.from_cli(self))  # for `--ckpt_path last`
         if trainer.get("enable_checkpointing") is not False:
             callbacks = with_last_checkpoint(callbacks)
-        fail_fast = ensure_fail_fast(callbacks)  # bounded collectives and SIGTERM (issue 12)
+        fail_fast = ensure_fail_fast(callbacks)  # bounded collectives and SIGTERM
         kwargs = {"plugins": plugins, "callbacks": callbacks, **kwargs}
         built = super().instantiate_trainer(**kwargs)
         fail_fast.apply_timeout(built.strategy, configured=trainer.get("strategy"))
@@ -138,49 +135,27 @@ class MultiTaskCLI(LightningCLI):
         if ckpt_path:
             check_checkpoint_file(ckpt_path)
 
-    # --- end fault tolerance -----------------------------------------------------------------
 
+def lightning_cli(
+    argv: list[str], from_command_line: bool = False, run: bool = True
+) -> MultiTaskCLI:
+    """``fit|validate|test|predict``: LightningCLI over :class:`MultiTaskModule` and any
+    :class:`MultiTaskDataModule`, the packaged default config when none is given
+    (:func:`with_default_config`). Reached through :func:`mtl_lightning.commands.main`.
 
-EXTRA_COMMANDS = {"probe": "train fresh probes on a checkpoint's frozen representation"}
-EXTRA_COMMANDS["erase"] = "fit LEACE erasers on a checkpoint, retrain its heads, save a new one"
-EXTRA_COMMANDS["groups"] = "choose task groups from a TaskAffinity file (TAG network selection)"
-EXTRA_COMMANDS["compare"] = "train each task alone vs all tasks together (and groups); a table"
-
-
-def main(args: list[str] | None = None, run: bool = True) -> MultiTaskCLI | None:
-    """Entry point of ``python -m mtl_lightning``; ``args`` defaults to ``sys.argv[1:]``.
-
-    ``fit``, ``validate``, ``test`` and ``predict`` go to LightningCLI; ``probe`` to
-    :func:`mtl_lightning.probe.main`, ``erase`` to :func:`mtl_lightning.erase.main`.
+    ``from_command_line``: the arguments are the process's own, so LightningCLI reads them
+    from ``sys.argv`` (set to the full list) instead of an ``args`` list.
     """
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] == "probe":
-        from mtl_lightning.probe import main as probe_main
-
-        probe_main(argv[1:])
-        return None
-    if argv and argv[0] == "erase":
-        from mtl_lightning.erase import main as erase_main
-
-        erase_main(argv[1:])
-        return None
-    if argv and argv[0] in ("groups", "compare"):
-        from mtl_lightning import compare, groups
-
-        (groups if argv[0] == "groups" else compare).run(argv[1:])
-        return None
-    if argv and argv[0] in ("-h", "--help"):
-        print("extra subcommands: " + ", ".join(f"{k} ({v})" for k, v in EXTRA_COMMANDS.items()))
     quiet_library_noise(argv[0] if argv else None)
-    full = with_default_config(argv)
-    if args is None:  # the command line: LightningCLI reads sys.argv itself (no args warning)
+    full = with_default_config(list(argv))
+    if from_command_line:
         sys.argv = [PROG, *full]
     return MultiTaskCLI(
         MultiTaskModule,
         MultiTaskDataModule,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
-        args=None if args is None else full,
+        args=None if from_command_line else full,
         run=run,
     )
 

@@ -139,11 +139,11 @@ def build_run(config_args: Sequence[str]) -> Any:
     """The LightningCLI of one run, not fitted (its console quieted, see :data:`QUIET_FIT`; the
     data description is printed once by ``compare`` itself, not by every run)."""
     from mtl_lightning.callbacks.data_summary import DataSummary
-    from mtl_lightning.cli import main
+    from mtl_lightning.cli import lightning_cli
 
     with warnings.catch_warnings():  # compare passes args by design, with its own sys.argv
         warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter .*")
-        cli = main(list(config_args), run=False)
+        cli = lightning_cli(list(config_args), run=False)
     cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if not isinstance(c, DataSummary)]
     return cli
 

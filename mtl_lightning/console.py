@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import warnings
 
-__all__ = ["quiet_library_noise"]
+#: the program name in usage lines (argparse would say ``__main__.py``)
+PROG = "python -m mtl_lightning"
+
+__all__ = ["PROG", "quiet_library_noise"]
 
 #: rank_zero_info's advertisement for a hosted logger, printed by every Trainer
 _TIP = "💡 Tip:"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mtl_lightning.checks import CheckpointFileError
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.run_config import RunConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""AtomicCheckpointIO: a full disk is a clear error, debris of killed writes is removed (issue 12)."""
+"""AtomicCheckpointIO: a full disk is a clear error, debris of killed writes is removed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`--ckpt_path last` resumes only a checkpoint of the same experiment (issue 12, item 6)."""
+"""`--ckpt_path last` resumes only a checkpoint of the same experiment."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from mtl_lightning.checkpoint_io import (
     atomic_torch_save,
     find_last_checkpoint,
 )
-from mtl_lightning.cli import MultiTaskCLI, main
+from mtl_lightning.cli import MultiTaskCLI
+from mtl_lightning.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = str(ROOT / "configs" / "speaker_baseline.yaml")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.compare import delta_m
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sincos_regression.yaml"

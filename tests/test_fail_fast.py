@@ -1,4 +1,4 @@
-"""Fail fast under DDP (issue 12): a dead rank, a stuck collective or a SIGTERM ends every rank
+"""Fail fast under DDP: a dead rank, a stuck collective or a SIGTERM ends every rank
 of ``python -m mtl_lightning fit`` within seconds, with a message naming the rank.
 
 Each DDP test runs the real CLI (2 CPU processes, gloo; progress bar and the default
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.distributed import ORPHAN_GRACE_S
 
 TESTS = Path(__file__).resolve().parent

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 
 
 def write_affinity(path, tasks, matrices):

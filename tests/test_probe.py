@@ -5,7 +5,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtl_lightning import probe as probe_module
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.probe import bootstrap_balanced_accuracy, probe_embeddings
 
 

@@ -1,4 +1,4 @@
-"""Exact resume from a step checkpoint written on an epoch's last training batch (issue 12).
+"""Exact resume from a step checkpoint written on an epoch's last training batch.
 
 Lightning resumes such a checkpoint as if the epoch had ended, skipping its validation and
 epoch-end hooks (upstream #18060 / #14579, PR #20379); :class:`EpochEndResume` repairs it. The

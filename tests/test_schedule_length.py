@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.optim import CosineAnnealingToMaxEpochs, fit_schedule_to_run
 
 TINY = ["--data.init_args.per_pair", "1", "--data.init_args.per_pair_eval", "1"]

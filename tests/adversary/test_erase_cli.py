@@ -7,7 +7,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mtl_lightning import MultiTaskModule
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.probe import bootstrap_balanced_accuracy, embed_dataset, fit_probe, load_run
 
 TINY = ["--data.init_args.per_pair", "3", "--data.init_args.per_pair_eval", "1"]

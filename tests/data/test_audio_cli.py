@@ -13,7 +13,7 @@ from _manifest_io import write_rows as _write
 
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.audio.synthetic_corpus import CorpusSpec, write_corpus
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.data import AudioFeatureDataModule, ManifestError
 
 CONFIG = str(Path(__file__).parents[2] / "configs" / "audio_speaker_adversarial.yaml")

@@ -140,7 +140,7 @@ def test_a_condition_label_not_in_the_vocabulary_names_it(corpus, tmp_path):
 
 
 def test_conditions_from_a_yaml_config(corpus, tmp_path):
-    from mtl_lightning.cli import main
+    from mtl_lightning.commands import main
 
     manifest = _seed_manifest(corpus, tmp_path)
     extra = tmp_path / "seeds.yaml"

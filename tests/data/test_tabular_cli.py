@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.data import TabularDataModule, write_example_table
 
 CONFIG = str(Path(__file__).parents[2] / "configs" / "tabular_five_tasks.yaml")

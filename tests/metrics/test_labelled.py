@@ -22,5 +22,5 @@ def test_labelled_counts_read_each_kind_of_metric_state():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert math.isnan(cols["r"]["mse"].compute()) and math.isnan(cols["r"]["mae"].compute())
-        empty = task_metrics(TaskSpec("c", 3))  # no labelled sample: NaN, not 0 (issue 15)
+        empty = task_metrics(TaskSpec("c", 3))  # no labelled sample: NaN, not 0
         assert all(math.isnan(empty[k].compute()) for k in ("acc", "balanced_acc", "f1"))

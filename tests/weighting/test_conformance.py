@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mtl_lightning.adversary import AdversaryConfig
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.data import SyntheticSpeechDataModule
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.nn import CNNTrunk
