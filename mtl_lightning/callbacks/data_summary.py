@@ -61,7 +61,7 @@ def describe_data(datamodule: Any, tasks: Sequence[TaskSpec]) -> str:
         for s, d in sets.items()
         if isinstance(getattr(d, "speakers", None), list)
     }
-    if speakers:
+    if any(speakers.values()):  # known only where read (speaker-disjoint splits, per-speaker norm)
         lines.append("speakers: " + ", ".join(f"{s} {n}" for s, n in speakers.items()))
     return "\n".join(lines)
 

@@ -1,105 +1,82 @@
-"""`AudioFeatureDataModule`: a labelled corpus (manifest CSV + audio files) as cached features."""
+"""`AudioFeatureDataModule`: a labelled corpus (manifest CSV + audio files) as cached features.
+
+The datamodule composes four steps, each in its own module:
+
+1. manifest: the CSV's rows, every bad row reported with its line
+   (:mod:`~mtl_lightning.data.manifest`);
+2. plan: which rows are used, their split, which rows score which task, the vocabulary
+   (:mod:`~mtl_lightning.data.audio_plan`: the split modes, partial and conditional tasks);
+3. features: extraction into the on-disk cache, unusable files, normalisation statistics
+   (:mod:`~mtl_lightning.data.audio_features`: the cache and the bad-row policy);
+4. datasets: crops, padding and masks (:mod:`~mtl_lightning.data.utterances`).
+
+Here: the tasks, ``setup()``, checkpoints and loaders. The tasks, with their class counts, are
+declared from the labels of the rows used, and the vocabulary is saved as ``label_vocab.json``
+in the run directory and in checkpoints (:meth:`AudioFeatureDataModule.state_dict`), so
+``predict`` can report names. From a checkpoint (``restore_from``, which the CLI sets from
+``--ckpt_path`` for ``validate``, ``test`` and ``predict``), the checkpoint's vocabulary defines
+the tasks and its statistics normalise the features, whatever classes the manifest given now
+has. A label the vocabulary does not know is then a bad row, except in ``predict``, where labels
+are not needed.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import warnings
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from mtl_lightning.audio.extractor import FeatureKind, FeatureSpec
-from mtl_lightning.audio.parallel import ExtractionResult, extract_all
-from mtl_lightning.data.base import MultiTaskDataModule
-from mtl_lightning.data.label_checks import label_problems
-from mtl_lightning.data.manifest import (
-    ManifestError,
-    ManifestRow,
-    OnError,
-    RowProblem,
-    read_manifest,
-    report_problems,
+from mtl_lightning.audio.parallel import ExtractionResult
+from mtl_lightning.data.audio_features import (
+    extract_features,
+    log_extraction,
+    prepare_norm,
+    unknown_labels,
 )
+from mtl_lightning.data.audio_plan import (
+    Plan,
+    SplitMode,
+    check_conditions,
+    check_label_columns,
+    check_labels,
+    check_split_mode,
+    plan_vocab,
+    read_plan,
+)
+from mtl_lightning.data.in_memory import InMemoryDataModule
+from mtl_lightning.data.manifest import OnError, RowProblem, check_on_error, report_problems
 from mtl_lightning.data.normalize import FeatureNorm, NormMode
-from mtl_lightning.data.splits import Split, speaker_disjoint_split, stratified_split
-from mtl_lightning.data.utterances import UtteranceDataset, pad_collate
+from mtl_lightning.data.utterances import (
+    UtteranceDataset,
+    build_datasets,
+    check_crop_frames,
+    pad_collate,
+    split_members,
+)
 from mtl_lightning.data.vocab import LabelVocab
 from mtl_lightning.tasks import AdversaryKind, TaskSpec
 
 __all__ = ["AudioFeatureDataModule"]
 
 log = logging.getLogger(__name__)
-SplitMode = Literal["stratified", "speaker_disjoint", "manifest"]
-STAGE_SPLITS = ("train", "val", "test")
 
 
-@dataclass
-class _Plan:
-    """What the manifest alone decides: usable rows, their splits and labels."""
-
-    rows: list[ManifestRow]
-    problems: list[RowProblem]
-    split: Split
-    labels: dict[str, list[str | None]]  # per task, per row; None = not scored
-    predict: bool  # read for predict: labels (and speaker/split columns) may be missing
-
-
-class AudioFeatureDataModule(MultiTaskDataModule):
+class AudioFeatureDataModule(InMemoryDataModule):
     """Labelled utterances listed in a CSV manifest, as cached log-mel / MFCC / eGeMAPS features.
 
-    The manifest has a path column (relative to ``audio_root``, default: the manifest's
-    folder) and one column per task in ``label_columns``; other columns are ignored. String
-    labels become class indices (sorted names); the tasks, with their class counts, are
-    declared from the labels of the rows that are used (with ``on_error="skip"`` the features
-    are extracted first, so a class whose files all failed gets no head output), and the
-    vocabulary is saved as ``label_vocab.json`` in the run directory and in checkpoints
-    (:meth:`state_dict`), so ``predict`` can report names.
-
-    From a checkpoint (``restore_from``, which the CLI sets from ``--ckpt_path`` for
-    ``validate``, ``test`` and ``predict``), the checkpoint's vocabulary defines the tasks and
-    its statistics normalise the features, whatever classes the manifest given now has. A
-    label the vocabulary does not know is then a bad row (below), except in ``predict``, where
-    labels are not needed: a predict manifest may lack the label columns or leave cells empty
-    (and, with ``predict_split="all"``, lack the speaker and split columns).
-
-    Features are computed once per file and parameter set, in ``num_extract_workers``
-    processes, into an on-disk cache keyed by (path, size, mtime, parameters) with atomic
-    writes: a killed extraction resumes where it stopped. ``.npy`` / ``.pt`` files in the path
-    column are precomputed features ``[n_features, frames]``, used as they are.
-
-    Splits (``split``):
-
-    * ``stratified``: random, class proportions of the first main task kept.
-    * ``speaker_disjoint``: whole speakers (``speaker_column``) go to val and test, so the main
-      tasks are scored on *unseen* speakers. A speaker adversary cannot be scored there (its
-      classes are the training speakers), and scoring it on training utterances says nothing:
-      its accuracy is only meaningful on *held-out utterances of speakers seen in training*.
-      So ``heldout_fraction`` of every training speaker's utterances are held out into val and
-      test, and in those splits the speaker task is labelled only on them while the other
-      tasks are labelled only on unseen-speaker rows (the rest is ``-100``, which the model
-      ignores): ``val/speaker/acc`` measures the adversary, ``val/emotion/acc`` generalisation.
-    * ``manifest``: the ``split_column`` says ``train``, ``val`` or ``test`` per row.
-
-    Bad rows (missing file, unreadable, empty or too short audio, any other failure to compute
-    a file's features, missing label, a label the restored vocabulary does not know, unknown
-    split value, non-finite or malformed precomputed features) raise one
-    :class:`ManifestError` listing every one with its CSV line, or with ``on_error="skip"``
-    are left out with a warning that counts and lists them. Empty cells of ``partial_tasks``
-    mean "label missing" (``-100``).
-
-    Conditional tasks (``conditions``): ``{"quality": {"seed": ["yes"]}}`` grades ``quality``
-    only on rows whose ``seed`` cell is ``yes``; the declared ``TaskSpec`` carries
-    ``only_when={"seed": [index of "yes"]}``. On the other rows (``seed`` empty included) the
-    ``quality`` cell is ignored, whatever it holds: empty, or a placeholder such as ``n/a`` or
-    ``0``, it becomes ``-100`` and is not a class of the task. Where the condition holds the
-    label is required, as for any task (unless ``quality`` is also a partial task).
+    The manifest has a path column and one column per task in ``label_columns`` (string labels,
+    sorted into class indices); features are computed once into a cache; the splits are
+    stratified, speaker-disjoint (the speaker adversary scored on held-out utterances of training
+    speakers) or given by the manifest. Batches are ``{"features": [B, 1, F, T], "targets":
+    {task: [B]}, "index": [B]}``, plus ``"mask"`` (``[B, T]``, True on real frames) for whole
+    utterances. The module docs of :mod:`~mtl_lightning.data.audio_plan` (splits, partial and
+    conditional tasks) and :mod:`~mtl_lightning.data.audio_features` (cache, bad rows) say more.
 
     Args:
         manifest: CSV file.
@@ -149,6 +126,11 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         min_label_count: A label seen in fewer rows is an error (1: no check).
         near_duplicate_check: Labels one edit apart, or equal but for case and spaces
             (``Happy`` / ``happy``), are an error (:mod:`~mtl_lightning.data.label_checks`).
+
+    Raises:
+        ValueError: An argument out of range, an unknown task in ``adversarial``,
+            ``partial_tasks`` or ``conditions``, or a split without training rows.
+        ManifestError: Bad rows (``on_error="raise"``) or suspicious labels.
 
     Example:
         >>> import tempfile
@@ -206,25 +188,11 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         super().__init__()
         self.save_hyperparameters()
         label_columns, adversarial = list(label_columns), list(adversarial)
-        unknown = sorted((set(adversarial) | set(partial_tasks)) - set(label_columns))
-        if not label_columns or unknown:
-            raise ValueError(
-                f"label_columns {label_columns} must be non-empty and include every adversarial "
-                f"and partial task; unknown: {unknown}"
-            )
-        self.conditions = self._check_conditions(conditions, label_columns)
-        if split not in ("stratified", "speaker_disjoint", "manifest"):
-            raise ValueError(f"split must be stratified, speaker_disjoint or manifest: {split!r}")
-        if split == "stratified" and not set(label_columns) - set(adversarial):
-            raise ValueError(
-                "split='stratified' keeps the class proportions of the first main task, but "
-                f"every task in {label_columns} is adversarial: make one a main task or use "
-                "split='speaker_disjoint' or 'manifest'"
-            )
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        if crop_frames is not None and crop_frames < 1:
-            raise ValueError(f"crop_frames must be >= 1 or None, got {crop_frames}")
+        check_label_columns(label_columns, adversarial, partial_tasks)
+        self.conditions = check_conditions(conditions, label_columns)
+        check_split_mode(split, label_columns, adversarial)
+        check_on_error(on_error)
+        check_crop_frames(crop_frames)
         self.label_columns = label_columns
         self.spec = FeatureSpec(
             features, sample_rate, n_mels, n_fft, hop_length, f_min, f_max, n_mfcc
@@ -235,7 +203,7 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         self.extraction: ExtractionResult | None = None
         self.skipped: list[RowProblem] = []
         self.datasets: dict[str, UtteranceDataset] = {}
-        self._plan_cache: _Plan | None = None
+        self._plan_cache: Plan | None = None
         self._features: list[Tensor | None] | None = None
         self._vocab: LabelVocab | None = None  # fixed once the tasks were declared
         self._stage: str | None = None
@@ -243,51 +211,7 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         if restore_from is not None:
             self._restored = self._checkpoint_state(restore_from)
 
-    @staticmethod
-    def _check_conditions(
-        conditions: Mapping[str, Mapping[str, Sequence[str]]] | None, label_columns: list[str]
-    ) -> dict[str, tuple[str, list[str]]]:
-        """``{task: (other_task, [label names])}``, or a ``ValueError`` naming what is wrong."""
-        checked = {}
-        for task, cond in (conditions or {}).items():
-            if task not in label_columns:
-                raise ValueError(
-                    f"conditions: unknown task {task!r}; the tasks are label_columns {label_columns}"
-                )
-            if not isinstance(cond, Mapping) or len(cond) != 1:
-                raise ValueError(
-                    f"conditions[{task!r}] must name exactly one other task and its labels, "
-                    f"e.g. {{'seed': ['yes']}}; got {cond!r}"
-                )
-            ((other, names),) = cond.items()
-            if other == task:
-                raise ValueError(f"conditions[{task!r}]: a task cannot be conditioned on itself")
-            if other not in label_columns:
-                raise ValueError(
-                    f"conditions[{task!r}]: unknown task {other!r}; the tasks are label_columns "
-                    f"{label_columns}"
-                )
-            if (
-                isinstance(names, (str, bytes))
-                or not names
-                or not all(isinstance(n, str) and n.strip() for n in names)
-            ):
-                raise ValueError(
-                    f"conditions[{task!r}][{other!r}] must be a non-empty list of {other} label "
-                    f"names as written in the CSV (quote ones YAML reads as booleans or numbers, "
-                    f'e.g. "yes"); got {names!r}'
-                )
-            checked[task] = (other, [n.strip() for n in names])
-        return checked
-
-    def _only_when(self, task: str) -> dict[str, list[int]] | None:
-        """``TaskSpec.only_when`` of ``task``: its condition's label names as vocabulary indices."""
-        if task not in self.conditions:
-            return None
-        other, names = self.conditions[task]
-        return self.vocab.condition(task, other, names)
-
-    # ------------------------------------------------------------------ manifest
+    # ------------------------------------------------------------------ tasks
     @property
     def vocab(self) -> LabelVocab:
         """Class names per task: the checkpoint's once one was restored, else those of the
@@ -297,6 +221,17 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         if self._vocab is None:
             self._vocab = self._build_vocab()
         return self._vocab
+
+    def _build_vocab(self) -> LabelVocab:
+        """Classes of the rows used: with ``on_error="skip"`` after extraction, so that a class
+        whose files all failed gets no output (see :func:`~.audio_plan.plan_vocab`)."""
+        h, plan = self.hparams, self._plan()
+        used = [True] * len(plan.rows)
+        if h.on_error == "skip":
+            used = [x is not None for x in self._load_features()]
+        speaker_task = h.speaker_column if h.speaker_column in self.label_columns else None
+        train_only = speaker_task if h.split == "speaker_disjoint" else None
+        return plan_vocab(plan, self.label_columns, used, train_only)
 
     @property
     def tasks(self) -> list[TaskSpec]:
@@ -329,165 +264,34 @@ class AudioFeatureDataModule(MultiTaskDataModule):
             )
         return tasks
 
+    def _only_when(self, task: str) -> dict[str, list[int]] | None:
+        """``TaskSpec.only_when`` of ``task``: its condition's label names as vocabulary indices."""
+        if task not in self.conditions:
+            return None
+        other, names = self.conditions[task]
+        return self.vocab.condition(task, other, names)
+
     def row_path(self, row: int) -> str:
         """The manifest path of row ``row`` (the ``index`` a batch carries)."""
         return self._plan().rows[row].path
 
-    def _checkpoint_state(self, path: str) -> dict[str, Any]:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        key = type(self).__qualname__
-        if key not in ckpt:
-            raise ValueError(
-                f"{path}: the checkpoint holds no {key} state (vocabulary, statistics)"
-            )
-        return self._as_restored(ckpt[key])
-
-    def _as_restored(self, state: dict[str, Any]) -> dict[str, Any]:
-        if state.get("features") != self.spec.params():
-            log.warning(
-                "the checkpoint's features %s differ from this datamodule's %s",
-                state.get("features"),
-                self.spec.params(),
-            )
-        return {**state, "vocab": LabelVocab(state["vocab"])}
-
+    # ------------------------------------------------------------------ plan
     def _predicting(self) -> bool:
         state = getattr(self.trainer, "state", None)
         if state is not None and state.fn is not None:
             return state.fn == "predict"
         return self._stage == "predict"
 
-    def _plan(self) -> _Plan:
+    def _plan(self) -> Plan:
         predict = self._predicting()
         if self._plan_cache is not None and self._plan_cache.predict != predict:
             # read for fitting before and now for predicting (or the reverse): read it again
             self._plan_cache, self._features, self.extraction, self.datasets = None, None, None, {}
         if self._plan_cache is None:
-            self._plan_cache = self._read_plan(predict)
+            self._plan_cache = read_plan(
+                self.manifest, self.hparams, self.label_columns, self.conditions, predict
+            )
         return self._plan_cache
-
-    def _read_plan(self, predict: bool) -> _Plan:
-        h = self.hparams
-        grouped = h.split == "speaker_disjoint" or h.normalize == "per_speaker"
-        rows, problems = read_manifest(
-            self.manifest,
-            h.audio_root,
-            h.path_column,
-            self.label_columns,
-            partial=h.partial_tasks,
-            conditions={t: {o: names} for t, (o, names) in self.conditions.items()},
-            split_column=h.split_column if h.split == "manifest" else None,
-            group_column=h.speaker_column if grouped else None,
-            # predict needs no labels; with predict_split="all" no split either
-            optional=(
-                [*self.label_columns]
-                + ([h.speaker_column, h.split_column] if h.predict_split == "all" else [])
-                if predict
-                else ()
-            ),
-            encoding=h.encoding,
-            allow_duplicates=h.allow_duplicates,
-        )
-        if not rows:
-            report_problems(problems, "raise", self.manifest, 0)
-            raise ValueError(f"{self.manifest}: no rows")
-        split = self._split(rows, predict)
-        labels = {t: [r.labels[t] for r in rows] for t in self.label_columns}
-        speaker_task = h.speaker_column if h.speaker_column in self.label_columns else None
-        if h.split == "speaker_disjoint":
-            for t in self.label_columns:  # which rows score which task (see the class doc)
-                keep = [
-                    n == "train" or (seen if t == speaker_task else not seen)
-                    for n, seen in zip(split.names, split.seen_heldout, strict=True)
-                ]
-                labels[t] = [v if k else None for v, k in zip(labels[t], keep, strict=True)]
-        if h.split == "manifest" and speaker_task is not None and not predict:
-            self._warn_unseen_speakers(labels[speaker_task], split.names)
-        return _Plan(rows, problems, split, labels, predict)
-
-    def _check_labels(self, rows: list[ManifestRow]) -> None:
-        """Rare and near-duplicate labels (typos that would become classes) are an error."""
-        h = self.hparams
-        lines = [r.line for r in rows]
-        messages = [
-            m
-            for t in self.label_columns
-            for m in label_problems(
-                t, [r.labels[t] for r in rows], lines, h.min_label_count, h.near_duplicate_check
-            )
-        ]
-        if messages:
-            listing = "\n".join(f"  {m}" for m in messages)
-            raise ManifestError(
-                f"{self.manifest}: suspicious labels (fix the cells, or set min_label_count: 1 "
-                f"/ near_duplicate_check: false):\n{listing}"
-            )
-
-    def _build_vocab(self) -> LabelVocab:
-        """Classes of the rows used: with ``on_error="skip"`` after extraction, so that a class
-        whose files all failed gets no output; speaker-disjoint: the adversary's classes are the
-        training speakers."""
-        h, plan = self.hparams, self._plan()
-        used = [True] * len(plan.rows)
-        if h.on_error == "skip":
-            used = [x is not None for x in self._load_features()]
-        keep = {t: list(used) for t in self.label_columns}
-        speaker_task = h.speaker_column if h.speaker_column in self.label_columns else None
-        if h.split == "speaker_disjoint" and speaker_task is not None:
-            train = [n == "train" for n in plan.split.names]
-            keep[speaker_task] = [u and tr for u, tr in zip(used, train, strict=True)]
-        return LabelVocab.build(
-            {
-                t: [v for v, k in zip(plan.labels[t], keep[t], strict=True) if k]
-                for t in self.label_columns
-            }
-        )
-
-    def _warn_unseen_speakers(self, speakers: list[str | None], names: list[str]) -> None:
-        """``split="manifest"``: speakers only in val/test make the speaker head's scores
-        (and its chance line, 1 / all speakers) misleading."""
-        train = {s for s, n in zip(speakers, names, strict=True) if n == "train"}
-        unseen = sorted({s for s in speakers if s is not None} - train)
-        if unseen:
-            message = (
-                f"{self.manifest}: {len(unseen)} speaker(s) appear only in val/test "
-                f"({', '.join(unseen[:5])}{', ...' if len(unseen) > 5 else ''}): the speaker "
-                "task cannot classify their utterances, and its chance line (1 / all "
-                f"{len(train) + len(unseen)} speakers) counts them. Use split: speaker_disjoint "
-                "to score the adversary on held-out utterances of training speakers only."
-            )
-            log.warning(message)
-            warnings.warn(message, stacklevel=2)
-
-    def _split(self, rows: list[ManifestRow], predict: bool = False) -> Split:
-        h = self.hparams
-        if predict and h.predict_split == "all":
-            # every row is predicted; the configured split only matters for the statistics of
-            # a datamodule without a checkpoint, and only where the manifest allows it
-            missing = (h.split == "manifest" and any(r.split is None for r in rows)) or (
-                h.split == "speaker_disjoint" and any(r.group is None for r in rows)
-            )
-            try:
-                if not missing:
-                    return self._split(rows)
-            except ValueError:  # e.g. too few speakers for a speaker-disjoint split
-                pass
-            return Split(["test"] * len(rows), [False] * len(rows))
-        if h.split == "manifest":
-            return Split([str(r.split) for r in rows], [False] * len(rows))
-        if h.split == "speaker_disjoint":
-            if any(r.group is None for r in rows):
-                raise ValueError(
-                    f"{self.manifest}: a speaker-disjoint split needs the {h.speaker_column!r} "
-                    "column on every row (to predict unlabelled recordings use predict_split: all)"
-                )
-            groups = [str(r.group) for r in rows]
-            return speaker_disjoint_split(
-                groups, h.val_fraction, h.test_fraction, h.heldout_fraction, h.seed
-            )
-        main = next(t for t in self.label_columns if t not in h.adversarial)
-        strata = [r.labels[main] or "<missing>" for r in rows]
-        return stratified_split(strata, h.val_fraction, h.test_fraction, h.seed)
 
     # ------------------------------------------------------------------ features
     def prepare_data(self) -> None:
@@ -498,79 +302,27 @@ class AudioFeatureDataModule(MultiTaskDataModule):
         h, plan = self.hparams, self._plan()
         if self._features is not None:
             return self._features
-        result = extract_all(
-            [r.file for r in plan.rows],
-            self.spec,
-            self.cache_dir,
-            h.num_extract_workers,
-            h.progress,
+        result, problems = extract_features(
+            plan, self.spec, self.cache_dir, h.num_extract_workers, h.progress
         )
-        problems = list(plan.problems)
-        problems += [
-            RowProblem(plan.rows[i].line, plan.rows[i].path, e) for i, e in result.errors.items()
-        ]
-        shapes = Counter(x.shape[0] for x in result.features if x is not None)
-        if len(shapes) > 1:
-            expected = shapes.most_common(1)[0][0]
-            for i, x in enumerate(result.features):
-                if x is not None and x.shape[0] != expected:
-                    problems.append(
-                        RowProblem(
-                            plan.rows[i].line,
-                            plan.rows[i].path,
-                            f"{x.shape[0]} feature rows, the others have {expected}",
-                        )
-                    )
-                    result.features[i] = None
         if self._restored is not None:  # the vocabulary is known: so are its unknown labels
             problems += self._unknown_labels(result.features)
         kept = sum(x is not None for x in result.features)
         report_problems(problems, h.on_error, self.manifest, kept)
         if not plan.predict:  # on the rows used: a label left with one row is a problem too
-            self._check_labels(
-                [r for r, x in zip(plan.rows, result.features, strict=True) if x is not None]
+            used = [r for r, x in zip(plan.rows, result.features, strict=True) if x is not None]
+            check_labels(
+                self.manifest, self.label_columns, used, h.min_label_count, h.near_duplicate_check
             )
         self.skipped = sorted(problems, key=lambda p: p.line)
-        log.info(
-            "features: %d computed (%.1f s of audio), %d from cache, %d precomputed, %d skipped",
-            result.computed,
-            result.seconds,
-            result.cached,
-            result.precomputed,
-            len(self.skipped),
-        )
+        log_extraction(result, len(self.skipped))
         self.extraction = result
         self._features = result.features
         return self._features
 
     def _unknown_labels(self, features: list[Tensor | None]) -> list[RowProblem]:
-        """Rows (with features) labelled with a class the vocabulary does not have: bad rows,
-        whose features are dropped, in fit/validate/test; in predict labels are not used."""
-        plan, vocab = self._plan(), self.vocab
-        reasons: dict[int, list[str]] = {}
-        for t in self.label_columns:
-            names = vocab.names.get(t, [])
-            known = set(names)
-            for i, v in enumerate(plan.labels[t]):
-                if v is not None and v not in known and features[i] is not None:
-                    listed = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
-                    reasons.setdefault(i, []).append(
-                        f"{t} label {v!r} is not a class of the model (vocabulary: {listed})"
-                    )
-        if plan.predict:
-            if reasons:
-                log.warning(
-                    "%s: %d row(s) have labels the vocabulary does not know; predict ignores them",
-                    self.manifest,
-                    len(reasons),
-                )
-            return []
-        for i in reasons:
-            features[i] = None
-        return [
-            RowProblem(plan.rows[i].line, plan.rows[i].path, "; ".join(r))
-            for i, r in sorted(reasons.items())
-        ]
+        plan = self._plan()
+        return unknown_labels(self.manifest, plan, self.vocab, self.label_columns, features)
 
     # ------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:
@@ -584,43 +336,26 @@ class AudioFeatureDataModule(MultiTaskDataModule):
                 self._write_run_files(log_dir)
 
     def _build_datasets(self) -> None:
-        h, plan = self.hparams, self._plan()
+        plan = self._plan()
         features = self._load_features()
         vocab = self.vocab
         speakers = [r.group for r in plan.rows]
-        members = {
-            s: [i for i, n in enumerate(plan.split.names) if n == s and features[i] is not None]
-            for s in STAGE_SPLITS
-        }
+        members = split_members(plan.split.names, features)
         if not members["train"] and not plan.predict:
             raise ValueError(f"{self.manifest}: the training split has no usable rows")
-        rest = members["val"] + members["test"]
-        if self._restored is not None:
-            self.norm.load_state_dict(self._restored["norm"])
-            used = [i for i, x in enumerate(features) if x is not None]
-            self.norm.add_speakers([features[i] for i in used], [speakers[i] for i in used])  # type: ignore[misc]
-        elif members["train"] and not (plan.predict and self.norm.fitted):
-            self.norm.fit(
-                [features[i] for i in members["train"]],  # type: ignore[misc]
-                [speakers[i] for i in members["train"]],
-                [features[i] for i in rest],  # type: ignore[misc]
-                [speakers[i] for i in rest],
-            )
+        prepare_norm(self.norm, features, speakers, members, self._restored, plan.predict)
         # predicting without a checkpoint or earlier statistics: FeatureNorm says so when read
         unknown = "missing" if plan.predict else "raise"
-        for name, idx in [*members.items(), ("all", sorted(sum(members.values(), [])))]:
-            self.datasets[name] = UtteranceDataset(
-                [features[i] for i in idx],  # type: ignore[misc]
-                {
-                    t: vocab.encode(t, [plan.labels[t][i] for i in idx], unknown)
-                    for t in plan.labels
-                },
-                self.norm,
-                [speakers[i] for i in idx],
-                idx,
-                crop_frames=h.crop_frames,
-                train=name == "train",
-            )
+        self.datasets = build_datasets(
+            features,
+            plan.labels,
+            vocab,
+            self.norm,
+            speakers,
+            members,
+            self.hparams.crop_frames,
+            unknown,
+        )
 
     def _write_run_files(self, log_dir: str | None) -> None:
         if log_dir is None:
@@ -658,33 +393,44 @@ class AudioFeatureDataModule(MultiTaskDataModule):
             self.datasets = {}
             self._build_datasets()
 
-    # ------------------------------------------------------------------ loaders
-    def _dataset(self, name: str) -> UtteranceDataset:
-        if name not in self.datasets:
-            raise RuntimeError("call setup() before requesting a dataloader")
-        return self.datasets[name]
+    def _checkpoint_state(self, path: str) -> dict[str, Any]:
+        return self._as_restored(self._saved_state(path))
 
-    def _collate(self, loader: DataLoader) -> DataLoader:
+    def _as_restored(self, state: dict[str, Any]) -> dict[str, Any]:
+        if state.get("features") != self.spec.params():
+            log.warning(
+                "the checkpoint's features %s differ from this datamodule's %s",
+                state.get("features"),
+                self.spec.params(),
+            )
+        return {**state, "vocab": LabelVocab(state["vocab"])}
+
+    # ------------------------------------------------------------------ loaders
+    @property
+    def _predict_from(self) -> str:  # type: ignore[override]
+        return self.hparams.predict_split
+
+    @property  # type: ignore[override]
+    def train_set(self) -> UtteranceDataset | None:
+        """The training utterances (``None`` until ``setup()``)."""
+        return self.datasets.get("train")
+
+    @property  # type: ignore[override]
+    def val_set(self) -> UtteranceDataset | None:
+        """The validation utterances (``None`` until ``setup()``)."""
+        return self.datasets.get("val")
+
+    @property  # type: ignore[override]
+    def test_set(self) -> UtteranceDataset | None:
+        """The test utterances (``None`` until ``setup()``)."""
+        return self.datasets.get("test")
+
+    def _split_set(self, split: str) -> UtteranceDataset:
+        if split not in self.datasets:
+            raise RuntimeError("call setup() before requesting a dataloader")
+        return self.datasets[split]
+
+    def _finish_loader(self, loader: DataLoader) -> DataLoader:
         if self.hparams.crop_frames is None:
             loader.collate_fn = pad_collate  # whole utterances: pad per batch, with a mask
         return loader
-
-    def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        loader = self.train_loader(
-            self._dataset("train"), h.batch_size, seed=h.seed, num_workers=h.num_workers
-        )
-        return self._collate(loader)
-
-    def val_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return self._collate(self.eval_loader(self._dataset("val"), h.batch_size, h.num_workers))
-
-    def test_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return self._collate(self.eval_loader(self._dataset("test"), h.batch_size, h.num_workers))
-
-    def predict_dataloader(self) -> DataLoader:
-        h = self.hparams
-        dataset = self._dataset(h.predict_split)
-        return self._collate(self.eval_loader(dataset, h.batch_size, h.num_workers))

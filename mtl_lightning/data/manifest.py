@@ -14,11 +14,24 @@ from typing import Literal
 
 from mtl_lightning.data.encodings import decode_text
 
-__all__ = ["ManifestError", "ManifestRow", "RowProblem", "read_manifest", "report_problems"]
+__all__ = [
+    "ManifestError",
+    "ManifestRow",
+    "RowProblem",
+    "check_on_error",
+    "read_manifest",
+    "report_problems",
+]
 
 log = logging.getLogger(__name__)
 OnError = Literal["raise", "skip"]
 SPLITS = ("train", "val", "test")
+
+
+def check_on_error(on_error: str) -> None:
+    """A ``ValueError`` unless ``on_error`` is an :data:`OnError` (``raise`` or ``skip``)."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
 class ManifestError(ValueError):

@@ -6,9 +6,9 @@ import math
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from mtl_lightning.data.base import MultiTaskDataModule, TensorTaskDataset
+from mtl_lightning.data.base import TensorTaskDataset
+from mtl_lightning.data.in_memory import InMemoryDataModule
 from mtl_lightning.tasks import TaskSpec
 
 
@@ -76,7 +76,7 @@ def make_speech_features(
     return x.unsqueeze(1)
 
 
-class SyntheticSpeechDataModule(MultiTaskDataModule):
+class SyntheticSpeechDataModule(InMemoryDataModule):
     """Emotion (main) + speaker (adversarial) classification on synthetic log-mel-like features.
 
     Every (speaker, emotion) pair has ``per_pair`` train utterances and ``per_pair_eval`` in each
@@ -107,6 +107,10 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
         >>> dm.setup("fit"); len(dm.train_set), len(dm.val_set)
         (110, 55)
     """
+
+    train_set: TensorTaskDataset | None
+    val_set: TensorTaskDataset | None
+    test_set: TensorTaskDataset | None
 
     def __init__(
         self,
@@ -141,12 +145,10 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
                 adversary=speaker_adversary,  # type: ignore[arg-type]
             ),
         ]
-        self.train_set: TensorTaskDataset | None = None
-        self.val_set: TensorTaskDataset | None = None
-        self.test_set: TensorTaskDataset | None = None
 
-    def _split(self, per_pair: int, offset: int) -> TensorTaskDataset:
+    def _make_split(self, split: str, seed: int) -> TensorTaskDataset:
         h = self.hparams
+        per_pair = h.per_pair if split == "train" else h.per_pair_eval
         emotion = torch.arange(h.num_emotions).repeat_interleave(per_pair).repeat(h.num_speakers)
         speaker = torch.arange(h.num_speakers).repeat_interleave(per_pair * h.num_emotions)
         features = make_speech_features(
@@ -160,41 +162,7 @@ class SyntheticSpeechDataModule(MultiTaskDataModule):
             h.speaker_strength,
             h.noise,
             seed=h.seed,
-            sample_seed=h.seed * 1009 + offset + 1,
+            sample_seed=seed,  # the split's own: the splits share speakers, not samples
             speaker_region=h.speaker_region,
         )
         return TensorTaskDataset(features, {"emotion": emotion, "speaker": speaker})
-
-    def setup(self, stage: str | None = None) -> None:
-        h = self.hparams
-        if self.train_set is None:
-            self.train_set = self._split(h.per_pair, 0)
-            self.val_set = self._split(h.per_pair_eval, 1)
-            self.test_set = self._split(h.per_pair_eval, 2)
-
-    def _require(self, dataset: TensorTaskDataset | None) -> TensorTaskDataset:
-        if dataset is None:
-            raise RuntimeError("call setup() before requesting a dataloader")
-        return dataset
-
-    def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        # seeded per-epoch shuffle that checkpoints its position (exact mid-epoch resume, DDP shards)
-        return self.train_loader(
-            self._require(self.train_set), h.batch_size, seed=h.seed, num_workers=h.num_workers
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(
-            self._require(self.val_set), self.hparams.batch_size, self.hparams.num_workers
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(
-            self._require(self.test_set), self.hparams.batch_size, self.hparams.num_workers
-        )
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader(
-            self._require(self.test_set), self.hparams.batch_size, self.hparams.num_workers
-        )

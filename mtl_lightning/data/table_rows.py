@@ -19,8 +19,18 @@ from mtl_lightning.data.table_files import Table, feature_matrix
 from mtl_lightning.data.table_tasks import Labels, TaskDecl, label_text, read_labels
 from mtl_lightning.data.vocab import LabelVocab
 
-__all__ = ["FeatureStats", "Part", "build_vocab", "check_labels", "mark_duplicates", "read_part"]
-__all__ += ["checkpoint_state", "predict_part", "report_parts", "require_rows", "resolve_features"]
+__all__ = [
+    "FeatureStats",
+    "Part",
+    "build_vocab",
+    "check_labels",
+    "mark_duplicates",
+    "predict_part",
+    "read_part",
+    "report_parts",
+    "require_rows",
+    "resolve_features",
+]
 
 log = logging.getLogger(__name__)
 
@@ -280,11 +290,3 @@ def build_vocab(parts: Mapping[str, Part], tasks: Sequence[TaskDecl]) -> LabelVo
                 len(classes) - 1,
             )
     return LabelVocab(names)
-
-
-def checkpoint_state(path: str, key: str) -> dict[str, Any]:
-    """The datamodule state ``key`` of the checkpoint ``path`` (vocabulary, statistics)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if key not in ckpt:
-        raise ValueError(f"{path}: the checkpoint holds no {key} state (vocabulary, statistics)")
-    return ckpt[key]

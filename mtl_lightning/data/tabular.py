@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from mtl_lightning.data.base import MultiTaskDataModule, TensorTaskDataset
+from mtl_lightning.data.base import TensorTaskDataset
+from mtl_lightning.data.in_memory import InMemoryDataModule, LoaderOptions
 from mtl_lightning.tasks import TaskSpec
 
 
@@ -24,8 +24,13 @@ def quantile_labels(score: Tensor, classes: int) -> Tensor:
     return (ranks * classes // score.shape[0]).long()
 
 
-class _TensorSplits(MultiTaskDataModule):
-    """Shared loader plumbing: subclasses implement ``_make(n, seed) -> TensorTaskDataset``."""
+class _TensorSplits(InMemoryDataModule):
+    """Generated splits of ``n_train`` / ``n_eval`` samples: subclasses implement
+    ``_make(n, seed) -> TensorTaskDataset``."""
+
+    train_set: TensorTaskDataset | None
+    val_set: TensorTaskDataset | None
+    test_set: TensorTaskDataset | None
 
     def __init__(self, n_train: int, n_eval: int, batch_size: int, seed: int) -> None:
         super().__init__()
@@ -34,37 +39,15 @@ class _TensorSplits(MultiTaskDataModule):
                 f"need n_train, n_eval, batch_size >= 1, got {n_train}, {n_eval}, {batch_size}"
             )
         self.n_train, self.n_eval, self.batch_size, self.seed = n_train, n_eval, batch_size, seed
-        self.train_set: TensorTaskDataset | None = None
-        self.val_set: TensorTaskDataset | None = None
-        self.test_set: TensorTaskDataset | None = None
 
     def _make(self, n: int, seed: int) -> TensorTaskDataset:
         raise NotImplementedError
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is None:
-            self.train_set = self._make(self.n_train, self.seed * 1009 + 1)
-            self.val_set = self._make(self.n_eval, self.seed * 1009 + 2)
-            self.test_set = self._make(self.n_eval, self.seed * 1009 + 3)
+    def _make_split(self, split: str, seed: int) -> TensorTaskDataset:
+        return self._make(self.n_train if split == "train" else self.n_eval, seed)
 
-    @staticmethod
-    def _require(dataset: TensorTaskDataset | None) -> TensorTaskDataset:
-        if dataset is None:
-            raise RuntimeError("call setup() before requesting a dataloader")
-        return dataset
-
-    def train_dataloader(self) -> DataLoader:
-        # seeded per-epoch shuffle that checkpoints its position (exact mid-epoch resume, DDP shards)
-        return self.train_loader(self._require(self.train_set), self.batch_size, seed=self.seed)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self._require(self.val_set), self.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_loader(self._require(self.test_set), self.batch_size)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.eval_loader(self._require(self.test_set), self.batch_size)
+    def _loader_options(self) -> LoaderOptions:
+        return LoaderOptions(self.batch_size, self.seed)
 
 
 class SyntheticTabularDataModule(_TensorSplits):

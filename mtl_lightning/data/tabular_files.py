@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from mtl_lightning.data.base import MultiTaskDataModule, TensorTaskDataset
-from mtl_lightning.data.manifest import SPLITS, ManifestError, OnError
+from mtl_lightning.data.base import TensorTaskDataset
+from mtl_lightning.data.in_memory import InMemoryDataModule
+from mtl_lightning.data.manifest import SPLITS, ManifestError, OnError, check_on_error
 from mtl_lightning.data.splits import stratified_split
 from mtl_lightning.data.table_example import write_example_table
 from mtl_lightning.data.table_files import read_table
@@ -19,7 +19,6 @@ from mtl_lightning.data.table_rows import (
     Part,
     build_vocab,
     check_labels,
-    checkpoint_state,
     mark_duplicates,
     predict_part,
     read_part,
@@ -34,7 +33,7 @@ from mtl_lightning.tasks import TaskSpec
 __all__ = ["TabularDataModule", "write_example_table"]
 
 
-class TabularDataModule(MultiTaskDataModule):
+class TabularDataModule(InMemoryDataModule):
     """Tasks declared over the columns of one table file, or of given train/val/test files.
 
     Rows are features plus one or more label columns per task (see
@@ -90,6 +89,11 @@ class TabularDataModule(MultiTaskDataModule):
         ([('y1', 3), ('y2', 3)], torch.Size([42, 20]))
     """
 
+    train_set: TensorTaskDataset | None
+    val_set: TensorTaskDataset | None
+    test_set: TensorTaskDataset | None
+    _predict_from = "predict"
+
     def __init__(
         self,
         tasks: list[dict[str, Any]],
@@ -127,15 +131,11 @@ class TabularDataModule(MultiTaskDataModule):
             )
         if path is None and split_column is not None:
             raise ValueError("split_column is for one file (path); the split files are the split")
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_on_error(on_error)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.decls: list[TaskDecl] = parse_tasks(tasks)
         self.stratify = self._check_stratify(stratify)
-        self.train_set: TensorTaskDataset | None = None
-        self.val_set: TensorTaskDataset | None = None
-        self.test_set: TensorTaskDataset | None = None
         self.predict_set: TensorTaskDataset | None = None
         self._predict_part: Part | None = None
         self._parts: dict[str, Part] | None = None
@@ -352,35 +352,19 @@ class TabularDataModule(MultiTaskDataModule):
             self._setup_predict()
 
     def _checkpoint_state(self, path: str) -> dict[str, Any]:
-        return self._as_restored(checkpoint_state(path, type(self).__qualname__))
+        return self._as_restored(self._saved_state(path))
 
     @staticmethod
     def _as_restored(state: dict[str, Any]) -> dict[str, Any]:
         return {**state, "vocab": LabelVocab(state["vocab"])}
 
     # ------------------------------------------------------------------ loaders
-    def _require(self, split: str) -> TensorTaskDataset:
+    def _split_set(self, split: str) -> TensorTaskDataset:
         dataset = getattr(self, f"{split}_set")
         if dataset is None:
             hint = " (give test_path)" if split == "test" and self.train_set is not None else ""
             raise RuntimeError(f"no {split} set{hint}: call setup() before requesting a loader")
         return dataset
-
-    def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return self.train_loader(self._require("train"), h.batch_size, h.seed, h.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return self.eval_loader(self._require("val"), h.batch_size, h.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return self.eval_loader(self._require("test"), h.batch_size, h.num_workers)
-
-    def predict_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return self.eval_loader(self._require("predict"), h.batch_size, h.num_workers)
 
 
 class _IndexedDataset(TensorTaskDataset):

@@ -1,9 +1,10 @@
-"""`UtteranceDataset` (variable-length features, cropped or whole) and `pad_collate`."""
+"""`UtteranceDataset` (variable-length features, cropped or whole), `pad_collate` (padding and
+masks), and the split datasets of :class:`~mtl_lightning.data.audio.AudioFeatureDataModule`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,24 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mtl_lightning.data.normalize import FeatureNorm
+from mtl_lightning.data.vocab import LabelVocab
 
-__all__ = ["UtteranceDataset", "crop_or_pad", "pad_collate"]
+__all__ = [
+    "UtteranceDataset",
+    "build_datasets",
+    "check_crop_frames",
+    "crop_or_pad",
+    "pad_collate",
+    "split_members",
+]
+
+SPLITS = ("train", "val", "test")
+
+
+def check_crop_frames(crop_frames: int | None) -> None:
+    """A ``ValueError`` unless ``crop_frames`` is ``None`` (whole utterances) or >= 1."""
+    if crop_frames is not None and crop_frames < 1:
+        raise ValueError(f"crop_frames must be >= 1 or None, got {crop_frames}")
 
 
 def crop_or_pad(x: Tensor, frames: int, start: int | None = None) -> Tensor:
@@ -102,3 +119,42 @@ def pad_collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mask": torch.arange(longest)[None, :] < lengths[:, None],
         "index": torch.tensor([item["index"] for item in items]),
     }
+
+
+def split_members(names: Sequence[str], features: Sequence[Tensor | None]) -> dict[str, list[int]]:
+    """The rows of each split (``train``, ``val``, ``test``) that have features.
+
+    Example:
+        >>> split_members(["train", "val", "train", "test"], [torch.zeros(1), None, torch.zeros(1), None])
+        {'train': [0, 2], 'val': [], 'test': []}
+    """
+    return {
+        s: [i for i, n in enumerate(names) if n == s and features[i] is not None] for s in SPLITS
+    }
+
+
+def build_datasets(
+    features: Sequence[Tensor | None],
+    labels: Mapping[str, Sequence[str | None]],
+    vocab: LabelVocab,
+    norm: FeatureNorm,
+    speakers: Sequence[str | None],
+    members: Mapping[str, list[int]],
+    crop_frames: int | None,
+    unknown: Literal["raise", "missing"] = "raise",
+) -> dict[str, UtteranceDataset]:
+    """One dataset per split in ``members`` and ``all`` (every member row, in row order);
+    labels encoded with ``vocab`` (``unknown`` as in :meth:`LabelVocab.encode`), random crops
+    in ``train`` only."""
+    datasets = {}
+    for name, idx in [*members.items(), ("all", sorted(sum(members.values(), [])))]:
+        datasets[name] = UtteranceDataset(
+            [features[i] for i in idx],  # type: ignore[misc]
+            {t: vocab.encode(t, [labels[t][i] for i in idx], unknown) for t in labels},
+            norm,
+            [speakers[i] for i in idx],
+            idx,
+            crop_frames=crop_frames,
+            train=name == "train",
+        )
+    return datasets

@@ -1,10 +1,8 @@
 """Plain torch modules (no Lightning): trunks, heads, gradient reversal."""
 
+from mtl_lightning.nn.dense import DenseTrunk
 from mtl_lightning.nn.heads import MLPHead
 from mtl_lightning.nn.reversal import GradientReversal, gradient_reversal
 from mtl_lightning.nn.trunks import CNNTrunk
 
-__all__ = ["CNNTrunk", "GradientReversal", "MLPHead", "gradient_reversal"]
-from mtl_lightning.nn.dense import DenseTrunk  # noqa: E402
-
-__all__ += ["DenseTrunk"]
+__all__ = ["CNNTrunk", "DenseTrunk", "GradientReversal", "MLPHead", "gradient_reversal"]

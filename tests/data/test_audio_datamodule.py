@@ -408,3 +408,26 @@ def test_fit_on_whole_utterances_passes_the_mask_to_the_trunk(corpus, tmp_path, 
         and seen
         and all(m is not None and m.dtype == torch.bool for m in seen)
     )
+
+
+def test_the_data_summary_of_recordings_shows_splits_and_speakers(corpus):
+    """What `fit` prints first (DataSummary), from the datamodule itself: sizes and labelled
+    counts per split, and speakers per split where the split reads them (speaker-disjoint)."""
+    from mtl_lightning.callbacks.data_summary import describe_data
+
+    dm = _dm(corpus, _shared(corpus))
+    assert dm.train_set is None  # nothing before setup()
+    dm.setup("fit")
+    text = describe_data(dm, dm.tasks)
+    sizes = {s: len(getattr(dm, f"{s}_set")) for s in ("train", "val", "test")}
+    assert sum(sizes.values()) == 24 and all(sizes.values())
+    first = ", ".join(f"{s} {n}" for s, n in sizes.items())
+    assert text.splitlines()[0] == f"Data (AudioFeatureDataModule): {first} samples"
+    assert "speaker  classification        4   0.250  " in text
+    assert "speakers:" not in text  # a stratified split does not read the speaker column
+    disjoint = _dm(corpus, _shared(corpus), split="speaker_disjoint")
+    disjoint.setup("fit")
+    speakers = {s: len(set(getattr(disjoint, f"{s}_set").speakers)) for s in sizes}
+    shown = describe_data(disjoint, disjoint.tasks).splitlines()[-1]
+    assert shown == "speakers: " + ", ".join(f"{s} {n}" for s, n in speakers.items())
+    assert speakers["train"] >= 2, shown
