@@ -49,10 +49,13 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
-# The longest files first (measured: subprocess and two-process runs), so that pytest-xdist's
-# `--dist loadfile` hands them out while the other worker still has short files to take: the
-# suite ends when both workers do, not with one worker alone on a long file.
-SLOW_FIRST = [
+# The slow files: real subprocess commands, two-process (DDP) runs, notebooks, benchmarks.
+# They carry the `slow` marker (`python -m pytest -q -m "not slow"` leaves them out while you
+# iterate) and go first, longest first (measured), so that pytest-xdist's `--dist loadfile`
+# hands them out while the other worker still has short files to take: the suite ends when
+# both workers do, not with one worker alone on a long file.
+SLOW_FILES = [
+    "test_docs_commands.py",
     "test_ddp_defaults.py",
     "test_resume.py",
     "test_ddp.py",
@@ -73,6 +76,16 @@ SLOW_FIRST = [
 ]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a subprocess, two-process or multi-epoch run")
+    config.addinivalue_line(
+        "markers",
+        "reproduce: a full-length command behind a measured table of the docs, run as written; "
+        "not in the default run (pyproject's addopts), `python -m pytest -q -m reproduce` "
+        "runs them (.ci/run does, after the suite)",
+    )
+
+
 def pytest_collection_modifyitems(items):
     tests = Path(__file__).resolve().parent
 
@@ -80,7 +93,10 @@ def pytest_collection_modifyitems(items):
         try:
             name = Path(str(item.fspath)).resolve().relative_to(tests).as_posix()
         except ValueError:  # a doctest module of the package
-            return len(SLOW_FIRST)
-        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+            return len(SLOW_FILES)
+        return SLOW_FILES.index(name) if name in SLOW_FILES else len(SLOW_FILES)
 
+    for item in items:
+        if rank(item) < len(SLOW_FILES):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=rank)  # stable: the order within a file is kept

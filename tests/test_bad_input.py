@@ -1,4 +1,4 @@
-"""The bad-input table of the README: each row is one input and the error it produces.
+"""The bad-input tables of docs/bad-input.md: each row is one input and the error it produces.
 
 Data rows go through ``Trainer.fit`` on a tiny in-memory datamodule (the error comes from
 ``setup()``, before any step); checkpoint and config rows go through the CLI.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mtl_lightning.checks import CheckpointFileError, DataError, MissingClassWarning
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 from mtl_lightning.data.base import MultiTaskDataModule, TensorTaskDataset
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.nn.dense import DenseTrunk

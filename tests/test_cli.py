@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from mtl_lightning import MultiTaskModule
-from mtl_lightning.cli import DEFAULT_CONFIG, main
+from mtl_lightning.cli import DEFAULT_CONFIG
+from mtl_lightning.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -42,8 +43,8 @@ def test_fast_dev_run_for_every_config(config, in_tmp):
 
 
 def test_default_config_runs_unchanged_under_bf16_mixed(in_tmp):
-    """The GPU command of the README (`--trainer.precision bf16-mixed`) with the default config,
-    here on CPU: the precision path is the same code; a whole epoch, validation included."""
+    """`--trainer.precision bf16-mixed` (docs/performance.md) with the default config, here on
+    CPU: the precision path is the same code; a whole epoch, validation included."""
     cli = main(["fit", *TINY, "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1"])
     assert cli.trainer.state.finished and cli.trainer.precision == "bf16-mixed"
     metrics = cli.trainer.callback_metrics
@@ -128,9 +129,13 @@ def _event_contents(run: Path) -> tuple[set[str], set[str]]:
     return tags, plugins
 
 
+HELP = "python -m mtl_lightning --help"  # docs/speaker-adversarial.md, as written
+PRINT_CONFIG = "python -m mtl_lightning fit --print_config"  # docs/speaker-adversarial.md
+
+
 def test_help_lists_subcommands_and_print_config_works():
     helped = subprocess.run(
-        [sys.executable, "-m", "mtl_lightning", "--help"],
+        [sys.executable, *HELP.split()[1:]],
         capture_output=True,
         text=True,
         check=True,
@@ -141,7 +146,7 @@ def test_help_lists_subcommands_and_print_config_works():
         assert command in out
     assert "usage: python -m mtl_lightning " in out  # not __main__.py
     printing = subprocess.run(
-        [sys.executable, "-m", "mtl_lightning", "fit", "--print_config"],
+        [sys.executable, *PRINT_CONFIG.split()[1:]],
         capture_output=True,
         text=True,
         check=True,

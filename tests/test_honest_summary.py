@@ -1,4 +1,4 @@
-"""Issue 15: a task without labelled samples is NaN / null / "no labelled samples", never 0;
+"""A task without labelled samples is NaN / null / "no labelled samples", never 0;
 the verdict counts its samples; test and validate name the checkpoint they evaluated."""
 
 import contextlib
@@ -104,7 +104,7 @@ def test_unlabelled_task_is_nan_in_logs_null_in_json_and_keeps_its_weight(run):
     y2 = json.loads((run["root"] / "version_0" / "summary.json").read_text())["val"]["tasks"][1]
     assert y2["verdict"] == "no labelled samples" and y2["n"] == 0
     assert y2["acc"] is None and y2["balanced_acc"] is None and y2["loss"] is None
-    # the README's rule: a NaN metric keeps its weight (the fake 0.0 gave y2 1.71 vs 0.29)
+    # docs/weighting.md: a NaN metric keeps its weight (the fake 0.0 gave y2 1.71 vs 0.29)
     assert run["model"].weighting.current_weights() == {"a": 1.0, "y2": 1.0}
 
 

@@ -1,4 +1,4 @@
-"""Numerics that bf16-mixed (the README's GPU command) would round, and device-count changes on
+"""Numerics that bf16-mixed (on GPUs, docs/performance.md) would round, and device-count changes on
 resume: each checked on CPU, where the same autocast code paths run."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from mtl_lightning.callbacks import rng_state
-from mtl_lightning.gradients import gram_matrix
 from mtl_lightning.module import MultiTaskModule
 from mtl_lightning.nn import DenseTrunk
 from mtl_lightning.nn.trunks import masked_time_mean
 from mtl_lightning.tasks import TaskSpec
+from mtl_lightning.training.packing import gram_matrix
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 
@@ -91,7 +91,7 @@ def test_culprit_search_leaves_batchnorm_statistics_and_rng_alone():
         "features": torch.randn(8, 6),
         "targets": {"a": torch.randint(0, 2, (8,)), "b": torch.randint(0, 3, (8,))},
     }
-    model._last_batch, model._batch_idx = batch, 0
+    model._progress.start_batch(batch, 0)
     before = {k: v.clone() for k, v in model.named_buffers()}
     rng = torch.get_rng_state()
     assert model._tasks_with_nonfinite_gradients() == []

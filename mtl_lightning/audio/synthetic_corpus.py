@@ -2,7 +2,7 @@
 
 Each "speaker" has its own pitch and formant frequencies (a voiced harmonic source shaped by
 Gaussian formant resonances); each "emotion" has its own pitch contour, syllable rate and
-loudness. Used by the tests, the benchmark and the README's reproducible result; run
+loudness. Used by the tests, the benchmark and the measured result of docs/audio.md; run
 ``python -m mtl_lightning.audio.synthetic_corpus DIR`` to write one.
 """
 

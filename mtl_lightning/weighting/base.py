@@ -145,7 +145,7 @@ class GradientWeighting(WeightingStrategy):
     ``G[i, j] = <g_i, g_j>`` to :meth:`gramian_weights`. The trunk's update is
     ``sum_i w_i g_i``; each head gets the ordinary gradient of its own loss.
     Adversarial tasks are not aggregated: their reversed gradient is added to the trunk's
-    update afterwards, scaled by ``TaskSpec.weight`` (see the README).
+    update afterwards, scaled by ``TaskSpec.weight`` (see docs/weighting.md).
     """
 
     uses_gradients = True

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mtl_lightning import GradientReversalSchedule, MultiTaskModule, MultiTaskSummary
 from mtl_lightning.callbacks import LeakageProbe
-from mtl_lightning.cli import main
+from mtl_lightning.commands import main
 
 
 def _fit(tmp_path: Path, data, callbacks) -> pl.Trainer:
@@ -91,7 +91,8 @@ def test_unknown_task_fails_before_training(tmp_path, tiny_speech):
 
 
 def test_the_default_configs_probe_is_set_from_the_command_line(in_tmp):
-    """The default config ends its callbacks with a LeakageProbe: the README's form sets it."""
+    """The default config ends its callbacks with a LeakageProbe: docs/speaker-adversarial.md's
+    form (`--trainer.callbacks.every_n_epochs=5`) sets it."""
     cli = main(
         [
             "fit",

@@ -3,7 +3,7 @@ a speaker-disjoint split, whole utterances with masks, a few epochs with no grad
 
 Without reversal (lambda = 0) the emotion-trained trunk keeps speaker information, so the speaker
 head, scored on held-out utterances of the training speakers, is far above chance, and emotion
-transfers to speakers never seen in training. (The README's table measures the same on a larger
+transfers to speakers never seen in training. (docs/audio.md's table measures the same on a larger
 corpus; this checks that the pipeline's splits, labels and masks make such a result possible.)
 """
 
