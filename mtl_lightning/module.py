@@ -1,39 +1,29 @@
-"""`MultiTaskModule`: a shared trunk, one head per task, per-task losses and metrics."""
+"""`MultiTaskModule`: a shared trunk, one head per task, per-task losses and metrics.
+
+The module holds the model and the Lightning hooks; each hook guards and delegates to the
+rooms of :mod:`mtl_lightning.training`: the per-stage metrics (``StageMetrics``), the summed-loss
+path (``automatic_step``), the per-task-gradient path (``GradientStep``), the diagnostics.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import Metric
+from typing_extensions import override
 
 from mtl_lightning.adversary import Adversary, AdversaryConfig
 from mtl_lightning.adversary.config import adversary_configs, config_dict
 from mtl_lightning.adversary.metrics import AttackerMetrics
 from mtl_lightning.adversary.steps import AdversarySteps
-from mtl_lightning.callbacks.collective_order import (
-    log_replicated,
-    place_metrics_sync,
-)
-from mtl_lightning.gradients import cosine_matrix, flat_grad, gram_matrix, write_grads
+from mtl_lightning.callbacks.collective_order import log_replicated, place_metrics_sync
 from mtl_lightning.log_cadence import logger_writes_step
 from mtl_lightning.losses import ClassWeights, labelled_masks, task_loss
-from mtl_lightning.metrics import (
-    LossMean,
-    task_baselines,
-    task_metrics,
-    training_counts,
-    update_task_metrics,
-)
-from mtl_lightning.metrics.labelled import log_labelled_counts
 from mtl_lightning.metrics.rank_states import sum_metric_states, zero_metric_states
 from mtl_lightning.nn import CNNTrunk, GradientReversal
 from mtl_lightning.nn.contract import (
@@ -47,48 +37,17 @@ from mtl_lightning.nn.heads import decode, task_heads
 from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
 from mtl_lightning.optim import fit_schedule_to_run
 from mtl_lightning.tasks import TaskSpec, validate_tasks
+from mtl_lightning.training.aggregated import GradientStep
+from mtl_lightning.training.automatic import adversary_total, automatic_step, confusion_total
+from mtl_lightning.training.diagnostics import grad_cos_due, log_baselines, log_weights
+from mtl_lightning.training.losses import confusion_losses
+from mtl_lightning.training.progress import StepOutputs, StepState
+from mtl_lightning.training.stage_metrics import StageMetrics
 from mtl_lightning.validation import check_batch, unpack_batch
-from mtl_lightning.weighting import GradientWeighting, StaticWeighting, WeightingStrategy
+from mtl_lightning.weighting import StaticWeighting, WeightingStrategy
 from mtl_lightning.weighting.base import rerun_losses
 
 __all__ = ["MultiTaskModule", "NonFiniteError", "StepOutputs"]
-
-#: the validation metric of each task kind that the progress bar shows
-PROGRESS_METRIC = {"classification": "balanced_acc", "multilabel": "f1_macro", "regression": "mse"}
-
-
-@dataclass
-class StepOutputs:
-    """What one forward pass produced: the inputs, the shared embedding (the trunk's output,
-    before any eraser: every trunk gradient is taken there), heads and losses."""
-
-    features: Tensor
-    targets: Mapping[str, Tensor]
-    masks: dict[str, Tensor]
-    embedding: Tensor
-    outputs: dict[str, Tensor]
-    losses: dict[str, Tensor]
-    #: per attacker-ensemble adversary: every attacker's (detached) logits, ``[M, B, K]``
-    attacker_logits: dict[str, Tensor] = dataclasses.field(default_factory=dict)
-    #: per attacker-ensemble adversary: the trunk's objective (in the graph, lambda not applied)
-    objectives: dict[str, Tensor] = dataclasses.field(default_factory=dict)
-
-
-STAGES = ("train", "val", "test")
-
-
-def uniform_cross_entropy(logits: Tensor) -> Tensor:
-    """Mean cross-entropy between softmax(logits) and the uniform distribution over classes.
-
-    Example:
-        >>> import math
-        >>> round(float(uniform_cross_entropy(torch.zeros(4, 5))), 4) == round(math.log(5), 4)
-        True
-    """
-    return -torch.log_softmax(logits, dim=-1).mean(dim=-1).mean()
-
-
-TOTAL_KEY = "_total"
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -150,6 +109,10 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         {'emotion': torch.Size([2, 5]), 'speaker': torch.Size([2, 11])}
     """
 
+    #: per stage and task: metrics, loss means, training-label counts (its modules are this
+    #: module's children ``stage_metrics``, ``stage_losses``, ``train_class_counts``)
+    _metrics: StageMetrics
+
     def __init__(
         self,
         tasks: Sequence[TaskSpec],
@@ -173,17 +136,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         with warnings.catch_warnings():  # a live trunk module is dropped from hparams below
             warnings.filterwarnings("ignore", ".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
-        # Outside the CLI these arguments are live objects; checkpoints keep only plain data so
-        # they load with torch.load(weights_only=True). Pass them again to load_from_checkpoint.
-        for key in ("trunk", "optimizer", "lr_scheduler", "weighting"):
-            if not isinstance(self.hparams.get(key), (dict, str, type(None))):
-                del self.hparams[key]
-        # plain dicts, so checkpoints load with torch.load(weights_only=True)
-        self.hparams["tasks"] = [t.to_dict() for t in self.tasks]
-        self.hparams["adversary_config"] = config_dict(adversary_config)
-        self.hparams["adversaries"] = (
-            {k: config_dict(v) for k, v in adversaries.items()} if adversaries else None
-        )
+        self._keep_plain_hparams(adversary_config, adversaries)
         self.trunk = trunk if trunk is not None else CNNTrunk()
         width = trunk_width(self.trunk)
         narrow = narrow_embedding_warning(width, self.tasks)
@@ -202,23 +155,11 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         )
         # seeds the attackers' re-initialisation: the same on every rank, kept by checkpoints
         self.register_buffer("adversary_seed", torch.tensor(torch.initial_seed() % 2**31))
-        # "train" is an nn.Module method, so stages are keyed "train_metrics", "val_metrics", ...
-        self.stage_metrics = nn.ModuleDict(
-            {
-                f"{s}_metrics": nn.ModuleDict({t.name: task_metrics(t) for t in self.tasks})
-                for s in STAGES
-            }
-        )
-        self.stage_losses = nn.ModuleDict(
-            {
-                f"{s}_losses": nn.ModuleDict(
-                    {**{t.name: LossMean() for t in self.tasks}, TOTAL_KEY: LossMean()}
-                )
-                for s in STAGES
-            }
-        )
-        counts = {t.name: training_counts(t) for t in self.tasks}
-        self.train_class_counts = nn.ModuleDict({n: c for n, c in counts.items() if c is not None})
+        # the training accumulators go into checkpoints, so a run resumed mid-epoch ends the
+        # epoch with the same metrics (and DWA with the same epoch losses) as an uninterrupted one
+        StageMetrics(self.tasks, ensembles=self.adversaries.keys()).adopt(self, "_metrics")
+        for metric in self.attacker_metrics.stage_modules("train"):
+            metric.persistent(True)
         # TaskSpec.class_weights as checkpointed buffers ("balanced": resolved at fit start)
         self.class_weights = ClassWeights(self.tasks)
         self.optimizer_factory = optimizer
@@ -236,20 +177,25 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         self.grad_cos_every_n_steps = grad_cos_every_n_steps
         self.nonfinite = nonfinite
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
-        self._batch_idx = -1
-        self._last_batch: Any = None  # kept for naming the task behind a non-finite gradient
-        self._skip_step = False  # set by a skipped step; on_before_optimizer_step drops its grads
-        self._step_number = 0  # 1-based number of the current training step (logging cadence)
-        # stages whose metric objects are registered with self.log in the current epoch
-        self._epoch_logged: set[str] = set()
-        # training accumulators go into checkpoints, so a run resumed mid-epoch ends the epoch
-        # with the same metrics (and DWA with the same epoch losses) as an uninterrupted one
-        for holder in (self.stage_metrics["train_metrics"], self.stage_losses["train_losses"]):
-            for module in holder.modules():
-                if isinstance(module, Metric):
-                    module.persistent(True)
-        for metric in self.attacker_metrics.stage_modules("train"):
-            metric.persistent(True)
+        self._progress = StepState()
+
+    def _keep_plain_hparams(
+        self,
+        adversary_config: AdversaryConfig | None,
+        adversaries: dict[str, AdversaryConfig] | None,
+    ) -> None:
+        """Outside the CLI the arguments are live objects; checkpoints keep only plain data so
+        they load with ``torch.load(weights_only=True)``. Pass them again to
+        ``load_from_checkpoint``."""
+        for key in ("trunk", "optimizer", "lr_scheduler", "weighting"):
+            if not isinstance(self.hparams.get(key), (dict, str, type(None))):
+                del self.hparams[key]
+        # plain dicts, so checkpoints load with torch.load(weights_only=True)
+        self.hparams["tasks"] = [t.to_dict() for t in self.tasks]
+        self.hparams["adversary_config"] = config_dict(adversary_config)
+        self.hparams["adversaries"] = (
+            {k: config_dict(v) for k, v in adversaries.items()} if adversaries else None
+        )
 
     # ------------------------------------------------------------------ model
     @property
@@ -322,20 +268,11 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         return outputs
 
     def confusion_losses(self, embedding: Tensor) -> dict[str, Tensor]:
-        """For each confusion adversary: ``CE(frozen_head(embedding), uniform) - log K`` (>= 0).
+        """For each confusion adversary: ``CE(frozen_head(embedding), uniform) - log K`` (>= 0)
+        (:func:`mtl_lightning.training.losses.confusion_losses`): it trains only the trunk."""
+        return confusion_losses(self.tasks, self.heads, embedding, self.adversaries.keys())
 
-        The head's parameters are detached, so this term trains only the trunk: it is smallest
-        when the head cannot tell the classes apart from the embedding.
-        """
-        losses = {}
-        for t in self.tasks:
-            if t.adversarial and t.adversary == "confusion" and t.name not in self.adversaries:
-                head = self.heads[t.name]
-                frozen = {k: v.detach() for k, v in head.named_parameters()}
-                logits = torch.func.functional_call(head, frozen, (embedding,))
-                losses[t.name] = uniform_cross_entropy(logits) - math.log(t.size)
-        return losses
-
+    @override
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         return self.forward_heads(self.embed(features))
 
@@ -368,38 +305,12 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
 
     def confusion_total(self, embedding: Tensor, stage: str, batch_size: int) -> Tensor | None:
         """``lambda * sum_k w_k confusion_k`` over the confusion heads (logged), or None."""
-        confusion = self.confusion_losses(embedding)
-        if not confusion:
-            return None
-        self._log_objectives(
-            {f"{stage}/{n}/confusion": v for n, v in confusion.items()}, batch_size
-        )
-        weights = {t.name: t.weight for t in self.tasks}
-        strength = self.reversal.lambda_.to(embedding.dtype)
-        return strength * sum(weights[n] * c for n, c in confusion.items())
+        return confusion_total(self, embedding, stage, batch_size)
 
     def adversary_total(self, step: StepOutputs, stage: str) -> Tensor | None:
-        """The trunk objectives added to the total: :meth:`confusion_total` plus, in training,
-        ``lambda * sum_k w_k objective_k`` over the attacker ensembles (``val/loss`` and
-        ``test/loss`` are the tasks' losses, the attackers' included); None when there is none.
-        The objectives are logged as ``{stage}/{task}/objective`` at the epoch's end."""
-        batch_size = step.features.shape[0]
-        total = self.confusion_total(step.embedding, stage, batch_size)
-        if not step.objectives:
-            return total
-        if stage != "train":  # logged at the epoch's end (AdversarySteps._log_attackers)
-            return total
-        weights = {t.name: t.weight for t in self.tasks}
-        strength = self.reversal.lambda_.to(step.embedding.dtype)
-        ensembles = strength * sum(weights[n] * o for n, o in step.objectives.items())
-        return ensembles if total is None else total + ensembles
-
-    def _log_objectives(self, values: Mapping[str, Tensor], batch_size: int) -> None:
-        for tag, value in values.items():
-            self.log(
-                tag, value.detach(), on_step=False, on_epoch=True, sync_dist=True,
-                batch_size=batch_size,
-            )  # fmt: skip
+        """The trunk objectives added to the total
+        (:func:`~mtl_lightning.training.automatic.adversary_total`), or None."""
+        return adversary_total(self, step, stage)
 
     # ------------------------------------------------------------------ steps
     def forward_losses(
@@ -432,89 +343,68 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         )
 
     def update_metrics(self, stage: str, step: StepOutputs, total: Tensor) -> None:
-        """Update and log the stage's per-task metrics and losses (labelled samples only).
-
-        The epoch-level metric objects are handed to ``self.log`` once per epoch (Lightning
-        computes and resets a logged torchmetrics object at the epoch's end, whatever the batch
-        it was logged on); every ``self.log`` of a metric costs a ``Metric.to(device)``.
-        """
-        batch_size = step.features.shape[0]
-        register = stage not in self._epoch_logged
-        self._epoch_logged.add(stage)
-        for task in self.tasks:
-            name, output, target = task.name, step.outputs[task.name], step.targets[task.name]
-            mask = step.masks[name]
-            if name in step.attacker_logits:  # logged at the epoch's end: the worst case
-                self._update_attacker_metrics(
-                    stage, name, step.attacker_logits[name], target, mask, step.objectives[name]
-                )
-                continue
-            labelled = int(mask.sum()) if not bool(mask.all()) else batch_size
-            # a labelled-count-weighted torchmetrics mean: exact under DDP, whatever the shards
-            loss_metric = self.stage_losses[f"{stage}_losses"][name]
-            if labelled:
-                loss_metric.update(step.losses[name].detach(), labelled)
-            if register:
-                self.log(f"{stage}/{name}/loss", loss_metric, on_step=False, on_epoch=True)
-            collection = self.stage_metrics[f"{stage}_metrics"][name]
-            if labelled < batch_size:
-                output, target = output[mask], target[mask]
-            if labelled:
-                counted = stage == "train" and name in self.train_class_counts
-                counts = self.train_class_counts[name] if counted else None
-                update_task_metrics(task, collection, output, target, counts)
-            shown = PROGRESS_METRIC[task.kind] if stage == "val" else None  # the headline
-            for key, metric in collection.items() if register else ():
-                self.log(
-                    f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True,
-                    prog_bar=key == shown,
-                )  # fmt: skip
-        total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
-        on_step = stage == "train"
+        """Update and log the stage's per-task metrics and losses (labelled samples only): the
+        attacker ensembles' (logged at the epoch's end: the worst case), then the others' and
+        the total (:meth:`StageMetrics.update <mtl_lightning.training.StageMetrics.update>`)."""
+        for name, logits in step.attacker_logits.items():
+            target, mask, objective = step.targets[name], step.masks[name], step.objectives[name]
+            self._update_attacker_metrics(stage, name, logits, target, mask, objective)
         # the step value (train/loss_step) is computed and logged only where it is shown: on
         # the steps the logger writes, and on every step when a progress bar displays it
-        step_value = on_step and (self._should_log_step() or self._shows_progress_bar())
-        if step_value:  # forward: updates and caches the step value that on_step logs
-            total_metric(total.detach(), batch_size)
-        else:
-            total_metric.update(total.detach(), batch_size)
-        if register or step_value:
-            self.log(f"{stage}/loss", total_metric, on_step=on_step, on_epoch=True, prog_bar=True)
+        step_value = stage == "train" and (self._should_log_step() or self._shows_progress_bar())
+        self._metrics.update(stage, step, total, self.log, step_value)
 
     def shared_step(self, batch: Any, batch_idx: int, stage: str) -> Tensor | None:
-        """Forward, per-task losses and metrics; returns the weighted total loss.
+        """Forward, per-task losses and metrics; returns the weighted total loss
+        (:func:`~mtl_lightning.training.automatic.automatic_step`).
 
         In training, when a task loss is not finite and ``nonfinite="skip"``, returns a zero
         loss whose step changes no parameter (:meth:`_skipped_step_loss`).
         """
-        step = self.forward_losses(batch, batch_idx, train_adversaries=stage == "train")
-        if stage == "train":
-            self._batch_idx, self._last_batch = batch_idx, batch
-            if self._nonfinite_losses(step.losses, batch_idx):
-                return self._skipped_step_loss()
-            if self._grad_cos_due():
-                self._log_grad_cos(self._task_gradients(step)[0])
-        total = self.combine_losses(step.losses)
-        if stage == "train":
-            self._log_weights()
-        confusion = self.adversary_total(step, stage)
-        if confusion is not None:
-            total = total + confusion
-        self.update_metrics(stage, step, total)
-        return total
+        return automatic_step(self, batch, batch_idx, stage)
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         if self.automatic_optimization:
             return self.shared_step(batch, batch_idx, "train")
         return self.aggregated_step(batch, batch_idx)
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         return self.shared_step(batch, batch_idx, "val")
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         return self.shared_step(batch, batch_idx, "test")
 
-    # ------------------------------------------------------------------ gradient methods
+    def aggregated_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        """One manual-optimisation step of a :class:`~mtl_lightning.weighting.GradientWeighting`
+        strategy (:class:`~mtl_lightning.training.aggregated.GradientStep`): per-task gradients
+        averaged over DDP ranks *before* the strategy weights them, checked for non-finite
+        values before its state sees them; the trunk gets ``sum_k w_k g_k`` plus the
+        adversaries' reversed gradient, each head the gradient of its own loss."""
+        step = self.forward_losses(batch, batch_idx, train_adversaries=True)
+        self._progress.start_batch(batch, batch_idx)
+        if self._nonfinite_losses(step.losses, batch_idx):
+            return None
+        return GradientStep(self, scale=self._loss_scale()).run(step)
+
+    @override
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step, then the weighting strategy's post-step hook (FAMO's update)."""
+        super().optimizer_step(*args, **kwargs)
+        self.weighting.after_optimizer_step(self._losses_after_step)
+
+    def _losses_after_step(self) -> dict[str, Tensor]:
+        """The last training batch's task losses again, with the parameters just updated."""
+        progress = self._progress
+
+        def losses() -> Mapping[str, Tensor]:
+            return self.forward_losses(progress.last_batch, progress.batch_idx).losses
+
+        return rerun_losses(losses, self, self.trainer.precision_plugin.forward_context())
+
+    # ------------------------------------------------------------------ trainer adapters
     def _reduce_sum(self, tensor: Tensor) -> Tensor:
         """Sum over DDP ranks (identity in one process)."""
         if self._trainer is None or self.trainer.world_size == 1:
@@ -537,292 +427,26 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         # scale() (not get_scale()) also initialises a fresh scaler, which unscale_ requires
         return float(scaler.scale(torch.ones((), device=self.device)))
 
-    def _aggregated_tasks(self) -> list[TaskSpec]:
-        return [t for t in self.tasks if not t.adversarial and t.weight > 0]
-
-    def _extra_objective(self, step: StepOutputs) -> Tensor | None:
-        """The trunk objectives that are added after aggregation: adversaries (reversed)."""
-        terms = [
-            t.weight * step.losses[t.name]
-            for t in self.tasks
-            if t.adversarial
-            and t.adversary == "reversal"
-            and t.weight > 0
-            and t.name not in self.adversaries
-        ]
-        confusion = self.adversary_total(step, "train")
-        if confusion is not None:
-            terms.append(confusion)
-        return torch.stack(terms).sum() if terms else None
-
-    def _task_gradients(
-        self,
-        step: StepOutputs,
-        scale: float = 1.0,
-        tasks: Sequence[TaskSpec] | None = None,
-        of_params: bool = True,
-    ) -> tuple[Tensor, list[Tensor], list[nn.Parameter]]:
-        """Per-task gradients of the trunk's parameters (``[T, P]``, reduced over ranks and
-        divided by ``scale``; ``[T, 0]`` with ``of_params=False``, which skips those backward
-        passes), the per-task gradients of the embedding (local, still carrying ``scale``), and
-        the trunk parameters, in order.
-
-        Tasks (by default): the aggregated main tasks, then the adversaries: a reversal
-        adversary with its reversed gradient, a confusion adversary with that of its
-        ``lambda``-scaled confusion loss (the head sees a detached embedding, so its own loss
-        has none)."""
-        shared = [p for p in self.trunk.parameters() if p.requires_grad]
-        if tasks is None:
-            tasks = self._aggregated_tasks() + [t for t in self.tasks if t.adversarial]
-        confusion = self.confusion_losses(step.embedding)
-        strength = self.reversal.lambda_.to(step.embedding.dtype)
-
-        def trunk_objective(t: TaskSpec) -> Tensor:
-            if t.name in step.objectives:
-                return strength * t.weight * step.objectives[t.name]
-            if t.name in confusion:
-                return strength * t.weight * confusion[t.name]
-            return t.weight * step.losses[t.name]
-
-        rep_rows = [
-            torch.autograd.grad(scale * trunk_objective(t), step.embedding, retain_graph=True)[0]
-            for t in tasks
-        ]
-        if not of_params or not rep_rows:
-            return step.embedding.new_zeros(len(rep_rows), 0).float(), rep_rows, shared
-        rows = torch.stack([flat_grad(step.embedding, shared, r) for r in rep_rows])
-        return self._reduce_mean(rows.float()) / scale, rep_rows, shared
-
-    def aggregated_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        """One manual-optimisation step of a :class:`GradientWeighting` strategy.
-
-        Per-task gradients (of the trunk's parameters or of the shared representation) are
-        averaged over DDP ranks *before* the strategy weights them; the trunk gets
-        ``sum_k w_k g_k`` plus the adversaries' reversed gradient, each head the gradient of
-        its own (statically weighted) loss; then the optimizer steps. The losses handed to the
-        strategy are rank means too: a task with no labelled sample on any rank arrives as
-        exactly 0 on every rank, which the strategies read as absent (weight 0 or no update).
-
-        Non-finite gradients never reach the strategy's state: the reduced Gramian (or
-        Jacobian), losses and the heads' and adversaries' gradients are checked *before* the
-        strategy is asked for weights, and a non-finite final update restores the state it had.
-        Under a GradScaler (16-mixed) such a step goes to the scaler with infinite gradients,
-        so it skips the step and lowers its scale; otherwise ``nonfinite`` applies (raise, or
-        skip and count).
-        """
-        strategy = self.weighting
-        assert isinstance(strategy, GradientWeighting)
-        step = self.forward_losses(batch, batch_idx, train_adversaries=True)
-        self._batch_idx, self._last_batch = batch_idx, batch
-        if self._nonfinite_losses(step.losses, batch_idx):
-            return None
-        scale = self._loss_scale()
-        # under a GradScaler overflow is routine: checked whatever the policy
-        checking = self.nonfinite != "off" or scale != 1.0
-        emb = step.embedding
-        main = self._aggregated_tasks()
-        adversaries = [t for t in self.tasks if t.adversarial]
-        k = len(main)
-        shared = [p for p in self.trunk.parameters() if p.requires_grad]
-        shared_ids = {id(p) for p in shared}
-        others = [p for p in self.parameters() if p.requires_grad and id(p) not in shared_ids]
-        optimizer = self.optimizers()
-        rep_rows = [
-            torch.autograd.grad(scale * t.weight * step.losses[t.name], emb, retain_graph=True)[0]
-            for t in main
-        ]
-        extra = self._extra_objective(step)
-        extra_rep = (
-            torch.autograd.grad(scale * extra, emb, retain_graph=True, allow_unused=True)[0]
-            if extra is not None
-            else None
-        )
-        head_total = torch.stack([t.weight * step.losses[t.name] for t in self.tasks]).sum()
-        head_flat = flat_grad(scale * head_total, others) if others else emb.new_zeros(0)
-        losses = torch.stack([step.losses[t.name].detach().float() for t in main])
-        cos_due = self._grad_cos_due()
-        cos_gramian: Tensor | None = None
-        snapshot: dict[str, Tensor] | None = None
-
-        def nonfinite_step(what: str) -> None:
-            """A non-finite step: the strategy has not been (or is no longer) updated by it."""
-            if scale != 1.0:  # the GradScaler must see the overflow to skip and back off
-                for p in shared + others:
-                    p.grad = torch.full_like(p, math.inf)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                return None
-            self._nonfinite_policy(what)
-            return None
-
-        def culprits(per_task: Tensor, heads_bad: bool, adversaries_bad: bool) -> str:
-            values = per_task.tolist()
-            bad = [t.name for t, v in zip(main, values, strict=True) if not math.isfinite(v)]
-            parts = [f"gradient from task(s) {', '.join(map(repr, bad))}"] if bad else []
-            if adversaries_bad:
-                parts.append("adversaries' reversed gradient")
-            if heads_bad:
-                parts.append("gradient of the heads")
-            return " and ".join(parts) or "per-task gradients (Gramian overflow)"
-
-        with torch.autocast(device_type=emb.device.type, enabled=False):
-            if strategy.level == "rep":
-                rows = (
-                    torch.stack(rep_rows).flatten(1).float() / scale
-                    if k
-                    else emb.new_zeros(0, emb.numel()).float()
-                )
-                local = rows @ rows.T
-                # what the strategy does not see, flagged so every rank takes the same branch
-                side = [head_flat, extra_rep if extra_rep is not None else emb.new_zeros(0)]
-                flags = torch.stack([(~torch.isfinite(s)).any() for s in side]).float()
-                packed = self._reduce_mean(torch.cat([local.flatten(), losses, flags]))
-                # each rank's loss is its shard's mean: the global Gramian is sum_r G_r / R^2
-                world = self.trainer.world_size if self._trainer is not None else 1
-                gramian = packed[: k * k].view(k, k) / world
-                losses_r = packed[k * k : k * k + k]
-                flags_r = packed[k * k + k :]
-                if checking and not bool(torch.isfinite(packed).all() & (flags_r == 0).all()):
-                    per_task = gramian.diagonal() + losses_r
-                    return nonfinite_step(
-                        culprits(per_task, bool(flags_r[0] != 0), bool(flags_r[1] != 0))
-                    )
-                if checking:
-                    snapshot = {n: v.clone() for n, v in strategy.state_dict().items()}
-                weights = strategy.gramian_weights(gramian, losses_r) if k else losses_r
-                rep_update = sum(
-                    (w * r for w, r in zip(weights.to(emb.dtype), rep_rows, strict=True)),
-                    torch.zeros_like(emb),
-                )
-                if extra_rep is not None:
-                    rep_update = rep_update + extra_rep
-                trunk_local = flat_grad(emb, shared, rep_update)
-                reduced = self._reduce_mean(torch.cat([trunk_local.float(), head_flat.float()]))
-                trunk_flat = reduced[: trunk_local.numel()]
-                head_red = reduced[trunk_local.numel() :]
-                if cos_due:  # representation-gradient cosines, adversaries included
-                    if adversaries:
-                        adv = self._task_gradients(step, scale, adversaries, of_params=False)[1]
-                        rows = torch.cat([rows, torch.stack(adv).flatten(1).float() / scale])
-                    cos_gramian = self._reduce_mean(rows @ rows.T)
-            else:
-                jac = (
-                    torch.stack([flat_grad(emb, shared, r).float() for r in rep_rows])
-                    if k
-                    else emb.new_zeros(0, sum(p.numel() for p in shared))
-                )
-                extra_flat = (
-                    flat_grad(emb, shared, extra_rep).float()
-                    if extra_rep is not None
-                    else jac.new_zeros(jac.shape[1])
-                )
-                parts = [jac.flatten(), losses, extra_flat, head_flat.float()]
-                packed = self._reduce_mean(torch.cat(parts))
-                sizes = [p.numel() for p in parts]
-                jac_r, losses_r, extra_r, head_red = torch.split(packed, sizes)
-                jac_r = jac_r.view(k, -1)
-                gramian = (jac_r @ jac_r.T) / (scale * scale)
-                if checking and not bool(
-                    torch.isfinite(packed).all() & torch.isfinite(gramian).all()
-                ):
-                    per_task = jac_r.sum(1) + gramian.diagonal() + losses_r
-                    return nonfinite_step(
-                        culprits(
-                            per_task,
-                            not bool(torch.isfinite(head_red).all()),
-                            not bool(torch.isfinite(extra_r).all()),
-                        )
-                    )
-                if checking:
-                    snapshot = {n: v.clone() for n, v in strategy.state_dict().items()}
-                weights = (
-                    strategy.gramian_weights(gramian, losses_r, jac_r / scale) if k else losses_r
-                )
-                trunk_flat = jac_r.T @ weights.to(jac_r) + extra_r
-                if cos_due:  # cosines of the trunk-parameter gradients, adversaries included
-                    rows = jac_r / scale
-                    if adversaries:
-                        rows = torch.cat([rows, self._task_gradients(step, scale, adversaries)[0]])
-                    cos_gramian = rows @ rows.T
-        if checking and not bool(torch.isfinite(trunk_flat).all() & torch.isfinite(head_red).all()):
-            if snapshot is not None:  # the update is dropped: so is what the strategy learned
-                strategy.load_state_dict(snapshot)
-            return nonfinite_step(f"update of the parameters (strategy weights {weights.tolist()})")
-        write_grads(shared, trunk_flat)
-        if others:
-            write_grads(others, head_red)
-        if cos_gramian is not None:
-            self._log_cosines([t.name for t in main + adversaries], cos_gramian)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        applied = dict(zip([t.name for t in main], weights.tolist(), strict=True))
-        strategy.last_weights = {
-            t.name: round(applied.get(t.name, 0.0 if not t.adversarial else 1.0) * t.weight, 6)
-            for t in self.tasks
-        }
-        self._log_weights()
-        # the objective whose gradient was applied: TaskSpec weights included, as in last_weights
-        total = sum(
-            (w * t.weight * step.losses[t.name] for w, t in zip(weights, main, strict=True)),
-            emb.new_zeros(()),
-        )
-        if extra is not None:
-            total = total + extra
-        self.update_metrics("train", step, total.detach())
-        return total.detach()
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Lightning's step, then the weighting strategy's post-step hook (FAMO's update)."""
-        super().optimizer_step(*args, **kwargs)
-        self.weighting.after_optimizer_step(self._losses_after_step)
-
-    def _losses_after_step(self) -> dict[str, Tensor]:
-        """The last training batch's task losses again, with the parameters just updated."""
-
-        def losses() -> Mapping[str, Tensor]:
-            return self.forward_losses(self._last_batch, self._batch_idx).losses
-
-        return rerun_losses(losses, self, self.trainer.precision_plugin.forward_context())
-
-    # ------------------------------------------------------------------ diagnostics
-    def _log_weights(self) -> None:
-        if not self._should_log_step():
-            return
-        for name, weight in self.weighting.last_weights.items():
-            self.log(f"train/weight/{name}", float(weight), on_step=True, on_epoch=False)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Lightning writes a batch's step metrics when (optimizer steps done + 1) is a multiple
-        # of log_every_n_steps; decided here, before this batch's (manual) optimizer step
-        self._step_number = self.global_step + 1
-
     def _should_log_step(self) -> bool:
         """Whether the logger writes this batch's step values (so they are worth logging)."""
-        return self._trainer is not None and logger_writes_step(self.trainer, self._step_number)
+        return self._trainer is not None and logger_writes_step(
+            self.trainer, self._progress.step_number
+        )
 
     def _shows_progress_bar(self) -> bool:
         return self._trainer is not None and self.trainer.progress_bar_callback is not None
 
     def _grad_cos_due(self) -> bool:
-        """Every ``grad_cos_every_n_steps``-th step, counted as the logger counts steps, so that
-        a multiple of ``log_every_n_steps`` is written at the step it was measured on."""
-        n = self.grad_cos_every_n_steps
-        return n > 0 and self._trainer is not None and self._step_number % n == 0
+        """Whether this step logs the gradient cosines
+        (:func:`~mtl_lightning.training.diagnostics.grad_cos_due`)."""
+        step_number = self._progress.step_number
+        return self._trainer is not None and grad_cos_due(self.grad_cos_every_n_steps, step_number)
 
-    def _log_grad_cos(self, rows: Tensor) -> None:
-        names = [t.name for t in self._aggregated_tasks()] + [
-            t.name for t in self.tasks if t.adversarial
-        ]
-        self._log_cosines(names, gram_matrix(rows))  # not in bf16 under bf16-mixed
+    def _log_weights(self) -> None:
+        if self._should_log_step():
+            log_weights(self.log, self.weighting.last_weights)
 
-    def _log_cosines(self, names: Sequence[str], gramian: Tensor) -> None:
-        cos = cosine_matrix(gramian.float())
-        for i, a in enumerate(names):
-            for j in range(i + 1, len(names)):
-                value = float(cos[i, j])
-                if math.isfinite(value):  # a zero gradient (lambda = 0) has no direction
-                    self.log(f"train/grad_cos/{a}__{names[j]}", value, on_step=True, on_epoch=False)
-
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, dict[str, Tensor]]:
         """Per task: ``pred`` (class index, 0/1 per label, or regression output) and, for
         classes and labels, ``prob`` (:func:`mtl_lightning.nn.heads.decode`).
@@ -834,15 +458,8 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         outputs = self.forward_heads(self.embed(features, mask))
         return {task.name: decode(task, outputs[task.name]) for task in self.tasks}
 
-    # ------------------------------------------------------------------ baselines
-    def _log_baselines(self, stage: str) -> None:
-        for task in self.tasks:  # the training-label counts are summed over DDP ranks
-            held = task.name in self.train_class_counts
-            counts = self.train_class_counts[task.name] if held else None
-            for key, value in task_baselines(task, counts, self._reduce_sum).items():
-                log_replicated(self, f"{stage}/{task.name}/{key}", value)
-        log_labelled_counts(self, stage)  # {stage}/{task}/n, before the metrics reset
-
+    # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, stage: str) -> None:
         """Put :class:`~mtl_lightning.callbacks.EpochMetricsSync` before the progress bar: the
         bar computes the logged metrics (collectives) on rank zero only, and the epoch-end hooks
@@ -850,92 +467,76 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         if self._trainer is not None:
             place_metrics_sync(self.trainer)
 
+    @override
     def on_fit_start(self) -> None:
         self.class_weights.resolve_from(self.trainer)  # "balanced": once, unless restored
         self.weighting.set_reducer(self._reduce_mean)
-        self._epoch_logged.clear()  # a fresh (or resumed) fit registers its metrics again
+        self._metrics.start_fit()  # a fresh (or resumed) fit registers its metrics again
 
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning writes a batch's step metrics when (optimizer steps done + 1) is a multiple
+        # of log_every_n_steps; decided here, before this batch's (manual) optimizer step
+        self._progress.step_number = self.global_step + 1
+
+    @override
     def on_train_epoch_start(self) -> None:
         # The training accumulators are checkpointed (exact mid-epoch resume). A checkpoint
         # written at the end of an epoch still holds that epoch's sums: clear them whenever an
         # epoch starts from its first batch (the progress counter still holds the last epoch's).
-        self._epoch_logged.discard("train")
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if not 0 < done < self.trainer.num_training_batches:
-            for holder in (self.stage_metrics["train_metrics"], self.stage_losses["train_losses"]):
-                for module in holder.modules():
-                    if isinstance(module, Metric):
-                        module.reset()
+        self._metrics.start_epoch("train")
+        if not self._resumes_mid_epoch():
+            self._metrics.reset_train()
             self._start_adversary_epoch()  # not again in a resumed epoch
 
-    def _register_resumed_train_metrics(self) -> None:
-        """Hand the training metric objects to ``self.log`` when this process ran no training
-        step in the epoch (a run resumed from a checkpoint taken on the epoch's last batch), so
-        the epoch's ``train/*`` values are logged under the same names as in an uninterrupted
-        run (``train/loss_epoch``: the epoch half of the ``on_step`` and ``on_epoch`` total)."""
-        if "train" in self._epoch_logged:
-            return
-        self._epoch_logged.add("train")
-        for task in self.tasks:
-            if task.name in self.adversaries:  # logged by _log_attackers
-                continue
-            name = task.name
-            losses = self.stage_losses["train_losses"][name]
-            self.log(f"train/{name}/loss", losses, on_step=False, on_epoch=True)
-            for key, metric in self.stage_metrics["train_metrics"][name].items():
-                self.log(f"train/{name}/{key}", metric, on_step=False, on_epoch=True)
-        total = self.stage_losses["train_losses"][TOTAL_KEY]
-        self.log("train/loss_epoch", total, on_step=False, on_epoch=True, prog_bar=True)
+    def _resumes_mid_epoch(self) -> bool:
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return 0 < done < self.trainer.num_training_batches
 
+    @override
     def on_train_epoch_end(self) -> None:
-        self._register_resumed_train_metrics()
-        self._log_baselines("train")
+        self._metrics.register_resumed_train(self.log)  # no step ran in this process's epoch
+        log_baselines(self, "train")
         self._log_attackers("train")
         self._end_adversary_epoch()
         # every rank skips the same steps (the decision is reduced), so the count is replicated
         log_replicated(self, "train/skipped_steps", self.skipped_steps.float())
         if _overrides(self.weighting, "on_train_epoch_end"):
-            losses = self.stage_losses["train_losses"]
-            self.weighting.on_train_epoch_end(
-                {
-                    t.name: float(losses[t.name].compute())
-                    for t in self.tasks
-                    if t.name not in self.adversaries
-                }
-            )
+            self.weighting.on_train_epoch_end(self._metrics.epoch_losses("train"))
         if not self.automatic_optimization:  # manual optimisation steps its schedulers itself
-            schedulers = self.lr_schedulers()
-            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-                if scheduler is not None:
-                    scheduler.step()
+            self._step_schedulers()
 
+    def _step_schedulers(self) -> None:
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+            if scheduler is not None:
+                scheduler.step()
+
+    @override
     def on_validation_epoch_start(self) -> None:
         self.class_weights.resolve_from(self.trainer)  # a no-op once resolved or restored
-        self._epoch_logged.discard("val")
+        self._metrics.start_epoch("val")
 
+    @override
     def on_test_epoch_start(self) -> None:
         self.class_weights.resolve_from(self.trainer)
-        self._epoch_logged.discard("test")
+        self._metrics.start_epoch("test")
 
+    @override
     def on_validation_epoch_end(self) -> None:
-        self._log_baselines("val")
+        log_baselines(self, "val")
         self._log_attackers("val")
         if self.trainer.sanity_checking or not _overrides(self.weighting, "on_validation_end"):
             return
-        values: dict[str, dict[str, float]] = {}
-        for task in self.tasks:
-            if task.name in self.adversaries:
-                continue
-            collection = self.stage_metrics["val_metrics"][task.name]
-            values[task.name] = {k: float(m.compute()) for k, m in collection.items()}
-            values[task.name]["loss"] = float(self.stage_losses["val_losses"][task.name].compute())
-        self.weighting.on_validation_end(values)
+        self.weighting.on_validation_end(self._metrics.values("val"))
 
+    @override
     def on_test_epoch_end(self) -> None:
-        self._log_baselines("test")
+        log_baselines(self, "test")
         self._log_attackers("test")
 
     # ------------------------------------------------------------------ checkpoints
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Write the *global* training accumulators: each checkpointed metric state summed over
         DDP ranks (:mod:`mtl_lightning.metrics.rank_states`). Lightning calls this hook on every
@@ -948,6 +549,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         )
         self._sum_eraser_statistics(checkpoint["state_dict"], self._reduce_sum)
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the saved global metric states on rank zero only, zeros on the other ranks.
 
@@ -960,6 +562,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
             self._sum_eraser_statistics(checkpoint["state_dict"], torch.zeros_like)
 
     # ------------------------------------------------------------------ optim
+    @override
     def configure_optimizers(self) -> Any:
         """The optimizer over the model's parameters (the attackers have their own), and a
         second group, with ``weight_decay=0``, for the weighting strategy's own parameters

@@ -8,10 +8,13 @@ import contextlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from mtl_lightning.training.progress import StepState
 
 __all__ = ["NonFiniteError", "NonFiniteGuard", "NonFinitePolicy", "all_finite"]
 
@@ -46,16 +49,15 @@ class NonFiniteError(FloatingPointError):
 
 class NonFiniteGuard:
     """Mixin for a LightningModule with ``tasks``, ``nonfinite`` (a :data:`NonFinitePolicy`), a
-    ``skipped_steps`` buffer, ``forward_losses(batch, batch_idx)`` and ``_loss_scale()``.
+    ``skipped_steps`` buffer, ``_progress`` (a :class:`~mtl_lightning.training.StepState`: the
+    batch, its index, the skip flag), ``forward_losses(batch, batch_idx)`` and ``_loss_scale()``.
 
     The host calls :meth:`_nonfinite_losses` on its task losses before the backward pass and
     returns :meth:`_skipped_step_loss` for a skipped step; gradients are checked in
     :meth:`on_before_optimizer_step` (automatic optimisation).
     """
 
-    _batch_idx: int
-    _last_batch: Any
-    _skip_step: bool
+    _progress: StepState
 
     def _any_rank(self, flag: bool) -> bool:
         """Whether ``flag`` holds on any DDP rank (every rank then takes the same branch)."""
@@ -111,7 +113,7 @@ class NonFiniteGuard:
         """A non-finite ``what`` although every loss was finite: raise :class:`NonFiniteError`
         (``nonfinite="raise"``), or drop every gradient (optimizers skip parameters without
         one), count the skipped step and warn."""
-        where = f"step {self.global_step}, batch {self._batch_idx}"
+        where = f"step {self.global_step}, batch {self._progress.batch_idx}"
         if self.nonfinite == "raise":
             raise NonFiniteError(
                 f"{where}: non-finite {what} although every task loss was finite; "
@@ -130,7 +132,7 @@ class NonFiniteGuard:
         buffers (BatchNorm statistics) restored afterwards, so the run continues as it would
         have; each task's loss is differentiated on its own. Under DDP, this rank's shard only.
         """
-        if self._last_batch is None:
+        if self._progress.last_batch is None:
             return []
         params = [p for p in self.parameters() if p.requires_grad]
         buffers = {name: b.clone() for name, b in self.named_buffers()}
@@ -144,7 +146,7 @@ class NonFiniteGuard:
         try:
             with torch.random.fork_rng(devices=devices), torch.enable_grad():
                 with precision:
-                    step = self.forward_losses(self._last_batch, self._batch_idx)
+                    step = self.forward_losses(self._progress.last_batch, self._progress.batch_idx)
                 for task in self.tasks:
                     # an attacker ensemble's loss is detached: its trunk objective is what
                     # reaches the parameters
@@ -168,13 +170,13 @@ class NonFiniteGuard:
         loss and :meth:`on_before_optimizer_step` drops the gradients, which the optimizer then
         leaves alone (no moment update, no weight decay), as it does for ``None``.
         """
-        self._skip_step = True
+        self._progress.skip_step = True
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.stack([p.sum().float() for p in params]).sum() * 0.0
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._skip_step:  # after backward (and AMP unscaling), before the step
-            self._skip_step = False
+        if self._progress.skip_step:  # after backward (and AMP unscaling), before the step
+            self._progress.skip_step = False
             for p in self.parameters():
                 p.grad = None
             return

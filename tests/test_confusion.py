@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mtl_lightning import MultiTaskModule, TaskSpec
-from mtl_lightning.module import uniform_cross_entropy
 from mtl_lightning.nn import CNNTrunk
+from mtl_lightning.training.losses import uniform_cross_entropy
 
 TASKS = [TaskSpec("emotion", 3), TaskSpec("speaker", 4, role="adversarial", adversary="confusion")]
 
