@@ -20,9 +20,8 @@ def test_groups_subcommand_averages_epochs_and_finds_planted_groups(in_tmp, caps
     write_affinity(
         in_tmp / "a.json", ["w", "x", "y", "z"], [(z + noise).tolist(), (z - noise).tolist()]
     )
-    assert (
-        main(["groups", "--affinity", "a.json", "--max-groups", "2", "--output", "g.json"]) is None
-    )
+    found = main(["groups", "--affinity", "a.json", "--max-groups", "2", "--output", "g.json"])
+    assert found.groups == ((0, 1), (2, 3))  # the command's result, as saved below
     result = json.loads((in_tmp / "g.json").read_text())
     assert result["groups"] == [["w", "x"], ["y", "z"]]
     assert result["score"] == np.float64(1.6)  # mean of the epochs cancels the noise: 4 * 0.4
