@@ -2,6 +2,7 @@
 affinity equal one process; files, images and tables are written once."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,24 @@ DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
 def _cli(cwd: Path, *args: str) -> str:
     """The CLI in a subprocess (progress bar on), killed with its ranks if it hangs."""
     return run_cli(cwd, list(args), timeout=300).stdout
+
+
+def _in_process(cwd: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
+    """The same command in this process (the one-process reference: no second ~8 s import).
+
+    Lightning leaves ``MASTER_PORT`` and the like in ``os.environ``; they are removed again, or
+    the next two-process run would inherit a port and find it taken."""
+    from mtl_lightning.commands import main
+
+    cwd.mkdir(parents=True, exist_ok=True)
+    environ = dict(os.environ)
+    with monkeypatch.context() as patch:
+        patch.chdir(cwd)
+        try:
+            main(list(args))
+        finally:
+            os.environ.clear()
+            os.environ.update(environ)
 
 
 def _with_batch(args: list[str], size: int) -> list[str]:
@@ -99,7 +118,7 @@ MID_EPOCH_CHECKPOINT = [
 ]
 
 
-def test_two_process_fit_resume_and_test_equal_single_process(tmp_path):
+def test_two_process_fit_resume_and_test_equal_single_process(tmp_path, monkeypatch):
     # train 1 epoch with 2 processes (DDP, gloo on CPU), batch 8 per process ...
     fit_args = [*TINY, *EQUIVALENT, "--trainer.max_epochs", "1", *RECORD_LAMBDA]
     _cli(tmp_path, "fit", *fit_args, *MID_EPOCH_CHECKPOINT, *DDP)
@@ -110,7 +129,7 @@ def test_two_process_fit_resume_and_test_equal_single_process(tmp_path):
     # ... and with 1 process, batch 16: rank r reads every 2nd index of the same seeded
     # permutation, so each global batch is the same 16 samples (110 = 2 x 55: no padding)
     single_fit = tmp_path / "single"
-    _cli(single_fit, "fit", *_with_batch(fit_args, 16))
+    _in_process(single_fit, monkeypatch, "fit", *_with_batch(fit_args, 16))
     one_run = single_fit / "lightning_logs" / "version_0"
     one, two = (json.loads((run / "summary.json").read_text())["val"] for run in (one_run, two_run))
     assert one["global_step"] == two["global_step"] == 7
@@ -150,7 +169,9 @@ def test_two_process_fit_resume_and_test_equal_single_process(tmp_path):
         torch.testing.assert_close(w_resumed[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
     # evaluate the same checkpoint on 55 test samples (odd: a padding sampler would count one twice)
-    _cli(tmp_path, "test", *TINY, "--ckpt_path", str(ckpt), "--trainer.devices", "1")
+    _in_process(
+        tmp_path, monkeypatch, "test", *TINY, "--ckpt_path", str(ckpt), "--trainer.devices", "1"
+    )
     _cli(tmp_path, "test", *TINY, "--ckpt_path", str(ckpt), *DDP)
     single = _test_metrics(tmp_path / "lightning_logs" / "version_1")
     double = _test_metrics(tmp_path / "lightning_logs" / "version_2")
