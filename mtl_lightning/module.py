@@ -18,34 +18,32 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from mtl_lightning.adversary import Adversary, AdversaryConfig
-from mtl_lightning.adversary.config import adversary_configs, config_dict
+from mtl_lightning.adversary.config import adversary_configs
 from mtl_lightning.adversary.metrics import AttackerMetrics
 from mtl_lightning.adversary.steps import AdversarySteps
 from mtl_lightning.callbacks.collective_order import log_replicated, place_metrics_sync
-from mtl_lightning.log_cadence import logger_writes_step
 from mtl_lightning.losses import ClassWeights, labelled_masks, task_loss
-from mtl_lightning.metrics.rank_states import sum_metric_states, zero_metric_states
 from mtl_lightning.nn import CNNTrunk, GradientReversal
-from mtl_lightning.nn.contract import (
-    TrunkContractError,
-    check_trunk_output,
-    narrow_embedding_warning,
-    takes_mask,
-    trunk_width,
-)
 from mtl_lightning.nn.heads import decode, task_heads
 from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
-from mtl_lightning.optim import fit_schedule_to_run
 from mtl_lightning.tasks import TaskSpec, validate_tasks
+from mtl_lightning.training import trainer_adapters as adapters
 from mtl_lightning.training.aggregated import GradientStep
-from mtl_lightning.training.automatic import adversary_total, automatic_step, confusion_total
+from mtl_lightning.training.arguments import check_options, keep_plain_hparams
+from mtl_lightning.training.automatic import (
+    adversary_total,
+    automatic_step,
+    confusion_total,
+    losses_after_step,
+)
+from mtl_lightning.training.checkpoint import save_global_states, split_global_states
 from mtl_lightning.training.diagnostics import grad_cos_due, log_baselines, log_weights
+from mtl_lightning.training.forward import forward_losses, head_outputs, inspect_trunk, trunk_output
 from mtl_lightning.training.losses import confusion_losses
+from mtl_lightning.training.optimizers import param_groups, step_schedulers, with_scheduler
 from mtl_lightning.training.progress import StepOutputs, StepState
 from mtl_lightning.training.stage_metrics import StageMetrics
-from mtl_lightning.validation import check_batch, unpack_batch
 from mtl_lightning.weighting import StaticWeighting, WeightingStrategy
-from mtl_lightning.weighting.base import rerun_losses
 
 __all__ = ["MultiTaskModule", "NonFiniteError", "StepOutputs"]
 
@@ -136,13 +134,9 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         with warnings.catch_warnings():  # a live trunk module is dropped from hparams below
             warnings.filterwarnings("ignore", ".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
-        self._keep_plain_hparams(adversary_config, adversaries)
+        keep_plain_hparams(self.hparams, self.tasks, adversary_config, adversaries)
         self.trunk = trunk if trunk is not None else CNNTrunk()
-        width = trunk_width(self.trunk)
-        narrow = narrow_embedding_warning(width, self.tasks)
-        if narrow:
-            warnings.warn(narrow, stacklevel=2)
-        self._trunk_takes_mask = takes_mask(self.trunk)
+        width, self._trunk_takes_mask = inspect_trunk(self.trunk, self.tasks)
         self._trunk_checked = False  # the output's shape is checked once, at the first batch
         self.reversal = GradientReversal(grl_lambda)
         # attacker ensembles (and erasers) of the adversarial tasks that have them
@@ -170,32 +164,11 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         self.weighting.setup(self.tasks)
         # gradient methods compute, reduce and write the gradients themselves
         self.automatic_optimization = not self.weighting.uses_gradients
-        if grad_cos_every_n_steps < 0:
-            raise ValueError(f"grad_cos_every_n_steps must be >= 0, got {grad_cos_every_n_steps}")
-        if nonfinite not in ("raise", "skip", "off"):
-            raise ValueError(f"nonfinite must be 'raise', 'skip' or 'off', got {nonfinite!r}")
+        check_options(grad_cos_every_n_steps, nonfinite)
         self.grad_cos_every_n_steps = grad_cos_every_n_steps
         self.nonfinite = nonfinite
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self._progress = StepState()
-
-    def _keep_plain_hparams(
-        self,
-        adversary_config: AdversaryConfig | None,
-        adversaries: dict[str, AdversaryConfig] | None,
-    ) -> None:
-        """Outside the CLI the arguments are live objects; checkpoints keep only plain data so
-        they load with ``torch.load(weights_only=True)``. Pass them again to
-        ``load_from_checkpoint``."""
-        for key in ("trunk", "optimizer", "lr_scheduler", "weighting"):
-            if not isinstance(self.hparams.get(key), (dict, str, type(None))):
-                del self.hparams[key]
-        # plain dicts, so checkpoints load with torch.load(weights_only=True)
-        self.hparams["tasks"] = [t.to_dict() for t in self.tasks]
-        self.hparams["adversary_config"] = config_dict(adversary_config)
-        self.hparams["adversaries"] = (
-            {k: config_dict(v) for k, v in adversaries.items()} if adversaries else None
-        )
 
     # ------------------------------------------------------------------ model
     @property
@@ -219,22 +192,11 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
 
     def run_trunk(self, features: Tensor, mask: Tensor | None = None) -> Tensor:
         """The trunk's output, its contract (``[batch, out_features]``) checked on the first
-        call; a padding ``mask`` goes to trunks whose ``forward`` takes one."""
-        if mask is None:
-            raw = self.trunk(features)
-        elif self._trunk_takes_mask:
-            raw = self.trunk(features, mask=mask)
-        elif bool(mask.all()):  # nothing padded: the mask carries no information
-            raw = self.trunk(features)
-        else:
-            raise TrunkContractError(
-                f"trunk {type(self.trunk).__name__} takes no `mask`, but this batch pads "
-                "variable-length inputs; give forward a `mask=None` keyword (True = real "
-                "frame) or crop the inputs to a fixed length"
-            )
-        if not self._trunk_checked:
-            check_trunk_output(self.trunk, features, raw)
-            self._trunk_checked = True
+        call; a padding ``mask`` goes to trunks whose ``forward`` takes one
+        (:func:`~mtl_lightning.training.forward.trunk_output`)."""
+        takes, check = self._trunk_takes_mask, not self._trunk_checked
+        raw = trunk_output(self.trunk, features, mask, takes_mask=takes, check=check)
+        self._trunk_checked = True
         return raw
 
     def erase(self, embedding: Tensor) -> Tensor:
@@ -253,19 +215,10 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         return {t.name: outputs[t.name] for t in self.tasks}
 
     def _head_outputs(self, embedding: Tensor) -> dict[str, Tensor]:
-        """The outputs of the heads (every task but the attacker ensembles)."""
-        reversed_embedding = self.reversal(embedding) if self.has_adversary else embedding
-        outputs = {}
-        for t in self.tasks:
-            if t.name in self.adversaries:
-                continue
-            if not t.adversarial:
-                outputs[t.name] = self.heads[t.name](embedding)
-            elif t.adversary == "confusion":
-                outputs[t.name] = self.heads[t.name](embedding.detach())
-            else:
-                outputs[t.name] = self.heads[t.name](reversed_embedding)
-        return outputs
+        """The outputs of the heads (every task but the attacker ensembles), each seeing its
+        view of the embedding (:func:`~mtl_lightning.training.forward.head_outputs`)."""
+        skip = self.adversaries.keys()
+        return head_outputs(self.tasks, self.heads, embedding, self.reversal, skip)
 
     def confusion_losses(self, embedding: Tensor) -> dict[str, Tensor]:
         """For each confusion adversary: ``CE(frozen_head(embedding), uniform) - log K`` (>= 0)
@@ -316,31 +269,12 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
     def forward_losses(
         self, batch: Any, batch_idx: int, train_adversaries: bool = False
     ) -> StepOutputs:
-        """Check the batch, run trunk and heads, and compute every task's loss.
+        """Check the batch, run trunk and heads, and compute every task's loss
+        (:func:`~mtl_lightning.training.forward.forward_losses`).
 
         With ``train_adversaries`` (a training step), the erasers accumulate this batch and
         the attackers take their best-response steps on it (after recording its logits)."""
-        features, targets = unpack_batch(batch, batch_idx)
-        if self.validate_inputs:
-            check_batch(features, targets, self.tasks, batch_idx)
-        masks = self.labelled_masks(targets)
-        mask = batch.get("mask") if isinstance(batch, Mapping) else None
-        raw = self.run_trunk(features, mask)
-        embedding, erased_inputs = self._erase_batch(raw, targets, masks, train_adversaries)
-        outputs = self._head_outputs(embedding)
-        attacker_logits, objectives = self._attack_batch(
-            embedding, erased_inputs, targets, masks, outputs, train_adversaries
-        )
-        losses = {
-            t.name: task_loss(
-                t, outputs[t.name], targets[t.name], masks[t.name], self.class_weights.get(t.name)
-            )
-            for t in self.tasks
-        }
-        # the trunk's output: every trunk gradient (per task, on the manual path) is taken here
-        return StepOutputs(
-            features, targets, masks, raw, outputs, losses, attacker_logits, objectives
-        )
+        return forward_losses(self, batch, batch_idx, train_adversaries)
 
     def update_metrics(self, stage: str, step: StepOutputs, total: Tensor) -> None:
         """Update and log the stage's per-task metrics and losses (labelled samples only): the
@@ -396,45 +330,30 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         self.weighting.after_optimizer_step(self._losses_after_step)
 
     def _losses_after_step(self) -> dict[str, Tensor]:
-        """The last training batch's task losses again, with the parameters just updated."""
-        progress = self._progress
-
-        def losses() -> Mapping[str, Tensor]:
-            return self.forward_losses(progress.last_batch, progress.batch_idx).losses
-
-        return rerun_losses(losses, self, self.trainer.precision_plugin.forward_context())
+        """The last training batch's task losses again, with the parameters just updated
+        (:func:`~mtl_lightning.training.automatic.losses_after_step`)."""
+        return losses_after_step(self)
 
     # ------------------------------------------------------------------ trainer adapters
+    # (:mod:`~mtl_lightning.training.trainer_adapters`; the rooms call them on their host)
     def _reduce_sum(self, tensor: Tensor) -> Tensor:
         """Sum over DDP ranks (identity in one process)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return tensor
-        return self.trainer.strategy.reduce(tensor, reduce_op="sum")
+        return adapters.reduce_sum(self._trainer, tensor)
 
     def _reduce_mean(self, tensor: Tensor) -> Tensor:
         """Mean over DDP ranks (identity in one process)."""
-        if self._trainer is None or self.trainer.world_size == 1:
-            return tensor
-        return self.trainer.strategy.reduce(tensor, reduce_op="mean")
+        return adapters.reduce_mean(self._trainer, tensor)
 
     def _loss_scale(self) -> float:
         """The AMP loss scale (16-mixed) that gradients written by hand must carry; else 1."""
-        if self._trainer is None:
-            return 1.0
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is None or not scaler.is_enabled():
-            return 1.0
-        # scale() (not get_scale()) also initialises a fresh scaler, which unscale_ requires
-        return float(scaler.scale(torch.ones((), device=self.device)))
+        return adapters.loss_scale(self._trainer, self.device)
 
     def _should_log_step(self) -> bool:
         """Whether the logger writes this batch's step values (so they are worth logging)."""
-        return self._trainer is not None and logger_writes_step(
-            self.trainer, self._progress.step_number
-        )
+        return adapters.should_log_step(self._trainer, self._progress.step_number)
 
     def _shows_progress_bar(self) -> bool:
-        return self._trainer is not None and self.trainer.progress_bar_callback is not None
+        return adapters.shows_progress_bar(self._trainer)
 
     def _grad_cos_due(self) -> bool:
         """Whether this step logs the gradient cosines
@@ -485,13 +404,9 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         # written at the end of an epoch still holds that epoch's sums: clear them whenever an
         # epoch starts from its first batch (the progress counter still holds the last epoch's).
         self._metrics.start_epoch("train")
-        if not self._resumes_mid_epoch():
+        if not adapters.resumes_mid_epoch(self.trainer):
             self._metrics.reset_train()
             self._start_adversary_epoch()  # not again in a resumed epoch
-
-    def _resumes_mid_epoch(self) -> bool:
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return 0 < done < self.trainer.num_training_batches
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -504,13 +419,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         if _overrides(self.weighting, "on_train_epoch_end"):
             self.weighting.on_train_epoch_end(self._metrics.epoch_losses("train"))
         if not self.automatic_optimization:  # manual optimisation steps its schedulers itself
-            self._step_schedulers()
-
-    def _step_schedulers(self) -> None:
-        schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            if scheduler is not None:
-                scheduler.step()
+            step_schedulers(self.lr_schedulers())
 
     @override
     def on_validation_epoch_start(self) -> None:
@@ -538,28 +447,23 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Write the *global* training accumulators: each checkpointed metric state summed over
-        DDP ranks (:mod:`mtl_lightning.metrics.rank_states`). Lightning calls this hook on every
-        rank, so the all-reduce is safe."""
-        if self._trainer is None or self.trainer.world_size <= 1:
-            return
-        strategy = self.trainer.strategy
-        sum_metric_states(
-            self, checkpoint["state_dict"], lambda t: strategy.reduce(t, reduce_op="sum")
-        )
-        self._sum_eraser_statistics(checkpoint["state_dict"], self._reduce_sum)
+        """Write the *global* training accumulators, summed over DDP ranks
+        (:func:`~mtl_lightning.training.checkpoint.save_global_states`). Lightning calls this
+        hook on every rank, so the all-reduce is safe."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            save_global_states(self, checkpoint, self._reduce_sum)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the saved global metric states on rank zero only, zeros on the other ranks.
+        """Keep the saved global metric states on rank zero only, zeros on the other ranks
+        (:func:`~mtl_lightning.training.checkpoint.split_global_states`).
 
         Called before the state dict is loaded. The states are summed across ranks when computed,
         so the loaded states add up to the saved global sums whatever the world size now (a DDP
         checkpoint resumed in one process, or the other way round).
         """
         if self.global_rank != 0:
-            zero_metric_states(self, checkpoint["state_dict"])
-            self._sum_eraser_statistics(checkpoint["state_dict"], torch.zeros_like)
+            split_global_states(self, checkpoint)
 
     # ------------------------------------------------------------------ optim
     @override
@@ -568,22 +472,8 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         second group, with ``weight_decay=0``, for the weighting strategy's own parameters
         (uncertainty weighting's log-variances) when it has any."""
         # the attackers have their own optimizer (their parameters never require gradients)
-        attackers = {id(p) for p in self.adversaries.parameters()}
-        strategy = list(self.weighting.parameters())
-        skip = attackers | {id(p) for p in strategy}
-        model = [p for p in self.parameters() if id(p) not in skip]
-        groups: list[dict[str, Any]] = [{"params": model}]
-        if strategy:
-            groups.append({"params": strategy, "weight_decay": 0.0})
-        optimizer = self.optimizer_factory(groups)
+        attackers, strategy = self.adversaries.parameters(), self.weighting.parameters()
+        optimizer = self.optimizer_factory(param_groups(self.parameters(), attackers, strategy))
         for adversary in self.adversaries.values():
             adversary.set_base_lr(float(optimizer.param_groups[0]["lr"]))
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        trainer = self._trainer  # None outside a Trainer: a given T_max is needed then
-        fit_schedule_to_run(scheduler, trainer.max_epochs if trainer is not None else None)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        return with_scheduler(optimizer, self.scheduler_factory, self._trainer)

@@ -11,11 +11,12 @@ from torch import Tensor
 from mtl_lightning.training.diagnostics import log_grad_cos, task_gradients
 from mtl_lightning.training.losses import scaled_objective
 from mtl_lightning.training.progress import StepOutputs
+from mtl_lightning.weighting.base import rerun_losses
 
 if TYPE_CHECKING:
     from mtl_lightning.module import MultiTaskModule
 
-__all__ = ["adversary_total", "automatic_step", "confusion_total"]
+__all__ = ["adversary_total", "automatic_step", "confusion_total", "losses_after_step"]
 
 
 def automatic_step(host: MultiTaskModule, batch: Any, batch_idx: int, stage: str) -> Tensor | None:
@@ -42,6 +43,18 @@ def automatic_step(host: MultiTaskModule, batch: Any, batch_idx: int, stage: str
         total = total + confusion
     host.update_metrics(stage, step, total)
     return total
+
+
+def losses_after_step(host: MultiTaskModule) -> dict[str, Tensor]:
+    """The last training batch's task losses again, with the parameters just updated, for the
+    weighting strategy's post-step hook (FAMO's update): one extra forward pass, no gradients,
+    the run's state left as it was (:func:`~mtl_lightning.weighting.base.rerun_losses`)."""
+    progress = host._progress
+
+    def losses() -> Mapping[str, Tensor]:
+        return host.forward_losses(progress.last_batch, progress.batch_idx).losses
+
+    return rerun_losses(losses, host, host.trainer.precision_plugin.forward_context())
 
 
 def confusion_total(
