@@ -23,6 +23,14 @@ from mkdocs.structure.files import File
 ROOT = Path(__file__).resolve().parents[1]
 _scratch: list[str] = []
 _SINGULAR = re.compile(r"^Example(?:[ \t]*\((.*)\))?:[ \t]*$", re.M)
+#: a Sphinx role (``:class:`~a.b.C` ``, ``:func:`a.f` ``, ``:meth:`C.m <a.C.m>` ``)
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`(~?)([^`<]+?)(?:\s*<[^`>]+>)?`")
+
+
+def _role(match: re.Match[str]) -> str:
+    """``:class:`~a.b.C` `` -> `` `C` `` (``~``: the last name only), as inline code."""
+    short, target = match.group(1), match.group(2).strip()
+    return f"`{target.rsplit('.', 1)[-1] if short else target}`"
 
 
 def _examples(match: re.Match[str]) -> str:
@@ -32,12 +40,14 @@ def _examples(match: re.Match[str]) -> str:
 
 class DoctestExamples(griffe.Extension):
     """Read a Google-style ``Example:`` (or ``Example (what it shows):``) section as
-    ``Examples:``, so its ``>>>`` lines are shown as code, not as Markdown
+    ``Examples:``, so its ``>>>`` lines are shown as code, not as Markdown, and show the
+    docstrings' Sphinx roles as inline code instead of their raw markup
     (mkdocstrings-python's ``extensions: [docs/_hooks.py:DoctestExamples]``)."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: object) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = _SINGULAR.sub(_examples, obj.docstring.value)
+            value = _SINGULAR.sub(_examples, obj.docstring.value)
+            obj.docstring.value = _ROLE.sub(_role, value)
 
 
 def on_config(config):
