@@ -39,7 +39,7 @@ def _ckpt(run: Path) -> Path:
 
 
 def test_last_refuses_another_experiment_then_resumes_its_own(in_tmp):
-    """The issue's scenario: a baseline (lambda 0) run, then `fit --ckpt_path last` with the
+    """A user's scenario: a baseline (lambda 0) run, then `fit --ckpt_path last` with the
     default (DANN) config is an error naming both; the baseline's own resume still works."""
     baseline = main(["fit", "--config", BASELINE, *TINY])
     assert baseline.trainer.global_step == 2

@@ -1,4 +1,4 @@
-"""Every bad input of the core issue raises an error naming the task and value at fault."""
+"""Every bad batch input raises an error naming the task and value at fault."""
 
 import lightning.pytorch as pl
 import pytest
