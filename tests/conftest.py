@@ -80,9 +80,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a subprocess, two-process or multi-epoch run")
     config.addinivalue_line(
         "markers",
-        "reproduce: a full-length command behind a measured table of the docs, run as written; "
-        "not in the default run (pyproject's addopts), `python -m pytest -q -m reproduce` "
-        "runs them (.ci/run does, after the suite)",
+        "reproduce: the docs as written, at full length: the commands behind the measured "
+        "tables, the pages run block by block, the notebooks; not in the default run "
+        "(pyproject's addopts), `python -m pytest -q -m reproduce` runs them (.ci/run does, "
+        "after the suite)",
     )
 
 

@@ -12,6 +12,7 @@ from _doc_blocks import blocks, run_page
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
+@pytest.mark.reproduce
 def test_your_model_page_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))  # the page's `from mymodel import ...`
     outputs = run_page(DOCS / "your-model.md", tmp_path)
@@ -24,6 +25,7 @@ def test_your_model_page_runs_as_written(tmp_path, monkeypatch):
     sys.modules.pop("mymodel", None)
 
 
+@pytest.mark.reproduce
 def test_your_data_page_runs_as_written(tmp_path, capsys):
     (tmp_path / "configs").symlink_to(DOCS.parent / "configs")  # "from the repository root"
     outputs = run_page(DOCS / "your-data.md", tmp_path)

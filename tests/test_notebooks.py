@@ -33,6 +33,7 @@ def test_outputs_are_stripped(path):
     assert "parameters" in first.metadata.get("tags", []), "first code cell: the small settings"
 
 
+@pytest.mark.reproduce  # the docs as written (mkdocs executes them too)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # whatever a notebook writes by accident lands here
