@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
-from concept_erasure import LeaceFitter
 from torch import Tensor, nn
+
+with warnings.catch_warnings():
+    # concept-erasure 0.2.4 decorates a helper with torch.jit.script, which torch >= 2.14
+    # deprecates with a FutureWarning at import: not actionable for our users, printed by
+    # every command otherwise
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+    from concept_erasure import LeaceFitter
 
 ReduceSum = Callable[[Tensor], Tensor]
 

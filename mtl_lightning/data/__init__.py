@@ -7,6 +7,7 @@ from mtl_lightning.data.base import (
     ResumableSampler,
     TensorTaskDataset,
 )
+from mtl_lightning.data.images import ImageManifestDataModule
 from mtl_lightning.data.in_memory import InMemoryDataModule
 from mtl_lightning.data.manifest import ManifestError
 from mtl_lightning.data.predictions import LabelledPredictionWriter
@@ -17,6 +18,7 @@ from mtl_lightning.data.tabular_files import TabularDataModule, write_example_ta
 
 __all__ = [
     "AudioFeatureDataModule",
+    "ImageManifestDataModule",
     "InMemoryDataModule",
     "LabelledPredictionWriter",
     "ManifestError",

@@ -10,10 +10,10 @@ The datamodule composes four steps, each in its own module:
    (:mod:`~mtl_lightning.data.audio_features`: the cache and the bad-row policy);
 4. datasets: crops, padding and masks (:mod:`~mtl_lightning.data.utterances`).
 
-Here: the tasks, ``setup()``, checkpoints and loaders. The tasks, with their class counts, are
-declared from the labels of the rows used, and the vocabulary is saved as ``label_vocab.json``
-in the run directory and in checkpoints (:meth:`AudioFeatureDataModule.state_dict`), so
-``predict`` can report names. From a checkpoint (``restore_from``, which the CLI sets from
+Here: ``setup()``, checkpoints and loaders. The tasks, with their class counts, are declared
+from the labels of the rows used (:class:`~mtl_lightning.data.manifest_tasks.ManifestTasks`),
+and the vocabulary is saved as ``label_vocab.json`` in the run directory and in checkpoints
+(:meth:`AudioFeatureDataModule.state_dict`), so ``predict`` can report names. From a checkpoint (``restore_from``, which the CLI sets from
 ``--ckpt_path`` for ``validate``, ``test`` and ``predict``), the checkpoint's vocabulary defines
 the tasks and its statistics normalise the features, whatever classes the manifest given now
 has. A label the vocabulary does not know is then a bad row, except in ``predict``, where labels
@@ -51,6 +51,7 @@ from mtl_lightning.data.audio_plan import (
 )
 from mtl_lightning.data.in_memory import InMemoryDataModule
 from mtl_lightning.data.manifest import OnError, RowProblem, check_on_error, report_problems
+from mtl_lightning.data.manifest_tasks import ManifestTasks
 from mtl_lightning.data.normalize import FeatureNorm, NormMode
 from mtl_lightning.data.utterances import (
     UtteranceDataset,
@@ -60,14 +61,14 @@ from mtl_lightning.data.utterances import (
     split_members,
 )
 from mtl_lightning.data.vocab import LabelVocab
-from mtl_lightning.tasks import AdversaryKind, TaskSpec
+from mtl_lightning.tasks import AdversaryKind
 
 __all__ = ["AudioFeatureDataModule"]
 
 log = logging.getLogger(__name__)
 
 
-class AudioFeatureDataModule(InMemoryDataModule):
+class AudioFeatureDataModule(ManifestTasks, InMemoryDataModule):
     """Labelled utterances listed in a CSV manifest, as cached log-mel / MFCC / eGeMAPS features.
 
     The manifest has a path column and one column per task in ``label_columns`` (string labels,
@@ -233,55 +234,7 @@ class AudioFeatureDataModule(InMemoryDataModule):
         train_only = speaker_task if h.split == "speaker_disjoint" else None
         return plan_vocab(plan, self.label_columns, used, train_only)
 
-    @property
-    def tasks(self) -> list[TaskSpec]:
-        h = self.hparams
-        tasks = []
-        for name in self.label_columns:
-            if name not in self.vocab.names:
-                raise ValueError(f"task {name!r} is not in the vocabulary {self.vocab.names}")
-            only_when = self._only_when(name)  # first: a wrong condition leaves no labels
-            size = self.vocab.size(name)
-            if size < 2:
-                where = (
-                    f" on the rows where {self.conditions[name][0]} is one of "
-                    f"{self.conditions[name][1]}"
-                    if name in self.conditions
-                    else ""
-                )
-                raise ValueError(
-                    f"task {name!r} needs >= 2 classes, the manifest has {size}{where}"
-                )
-            role = "adversarial" if name in h.adversarial else "main"
-            tasks.append(
-                TaskSpec(
-                    name,
-                    size,
-                    role=role,  # type: ignore[arg-type]
-                    adversary=h.adversary,
-                    only_when=only_when,
-                )
-            )
-        return tasks
-
-    def _only_when(self, task: str) -> dict[str, list[int]] | None:
-        """``TaskSpec.only_when`` of ``task``: its condition's label names as vocabulary indices."""
-        if task not in self.conditions:
-            return None
-        other, names = self.conditions[task]
-        return self.vocab.condition(task, other, names)
-
-    def row_path(self, row: int) -> str:
-        """The manifest path of row ``row`` (the ``index`` a batch carries)."""
-        return self._plan().rows[row].path
-
     # ------------------------------------------------------------------ plan
-    def _predicting(self) -> bool:
-        state = getattr(self.trainer, "state", None)
-        if state is not None and state.fn is not None:
-            return state.fn == "predict"
-        return self._stage == "predict"
-
     def _plan(self) -> Plan:
         predict = self._predicting()
         if self._plan_cache is not None and self._plan_cache.predict != predict:
@@ -406,10 +359,6 @@ class AudioFeatureDataModule(InMemoryDataModule):
         return {**state, "vocab": LabelVocab(state["vocab"])}
 
     # ------------------------------------------------------------------ loaders
-    @property
-    def _predict_from(self) -> str:  # type: ignore[override]
-        return self.hparams.predict_split
-
     @property  # type: ignore[override]
     def train_set(self) -> UtteranceDataset | None:
         """The training utterances (``None`` until ``setup()``)."""

@@ -1,0 +1,1 @@
+"""Image corpora: a generated seed-quality corpus for tests and the docs."""
