@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor, nn
 
 from mtl_lightning.losses import task_loss
@@ -151,5 +152,47 @@ def forward_losses(
         )
         for t in host.tasks
     }
+    if train_adversaries:  # the training pass, on every rank: one collective under DDP
+        host._progress.loss_scales = ddp_loss_scales(host, targets, masks)
+    scales = host._progress.loss_scales if host.training else None  # re-runs reuse them
+    local = None
+    if scales is not None:
+        local, losses = losses, {k: v * scales[k] for k, v in losses.items()}
     # the trunk's output: every trunk gradient (per task, on the manual path) is taken here
-    return StepOutputs(features, targets, masks, raw, outputs, losses, attacker_logits, objectives)
+    return StepOutputs(
+        features, targets, masks, raw, outputs, losses, attacker_logits, objectives, local
+    )
+
+
+def _denominator(task: TaskSpec, target: Tensor, mask: Tensor, weight: Tensor | None) -> Tensor:
+    """What the task's mean loss divides by, up to a constant: its labelled samples, or the
+    sum of their class weights (weighted cross-entropy)."""
+    if weight is None and isinstance(task.class_weights, tuple):
+        weight = torch.tensor(task.class_weights, device=target.device)
+    if task.is_classification and weight is not None:
+        return weight.to(torch.float32)[target[mask].long()].sum()
+    return mask.sum().to(torch.float32)
+
+
+def ddp_loss_scales(
+    host: MultiTaskModule, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]
+) -> dict[str, Tensor] | None:
+    """Per task, ``world_size * local / global`` of its loss denominator; ``None`` in one process.
+
+    DDP averages the ranks' gradients. With missing or conditional labels the ranks' batches
+    hold different numbers of labelled samples, so the average of the ranks' means is not the
+    mean over the global batch that one process computes; each rank's mean times this scale
+    is (0 where the task has no labelled sample anywhere). Equal counts give exactly 1.
+    """
+    trainer = host._trainer
+    if trainer is None or trainer.world_size == 1:
+        return None
+    local = torch.stack(
+        [
+            _denominator(t, targets[t.name], masks[t.name], host.class_weights.get(t.name))
+            for t in host.tasks
+        ]
+    )
+    total = host._reduce_sum(local.clone())
+    ratio = torch.where(total > 0, local * trainer.world_size / total.clamp_min(1e-30), 0.0)
+    return {t.name: ratio[i] for i, t in enumerate(host.tasks)}

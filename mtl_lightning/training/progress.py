@@ -28,6 +28,14 @@ class StepOutputs:
     attacker_logits: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     #: per attacker-ensemble adversary: the trunk's objective (in the graph, lambda not applied)
     objectives: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    #: under DDP in training: each task's mean over this rank's labelled samples, where
+    #: ``losses`` holds this rank's share of the global mean (:func:`~.forward.ddp_loss_scales`)
+    local_losses: dict[str, Tensor] | None = None
+
+    @property
+    def mean_losses(self) -> dict[str, Tensor]:
+        """Each task's mean over this batch's labelled samples (what the metrics average)."""
+        return self.losses if self.local_losses is None else self.local_losses
 
 
 @dataclass
@@ -50,6 +58,8 @@ class StepState:
     step_number: int = 0
     #: set by a skipped step; ``on_before_optimizer_step`` drops its gradients
     skip_step: bool = False
+    #: the DDP loss scales of the current training batch, reused when it is run again
+    loss_scales: dict[str, Tensor] | None = None
 
     def start_batch(self, batch: Any, batch_idx: int) -> None:
         """Record the training batch the step runs on."""

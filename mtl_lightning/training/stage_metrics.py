@@ -122,7 +122,7 @@ class StageMetrics(nn.Module):
         # a labelled-count-weighted torchmetrics mean: exact under DDP, whatever the shards
         loss_metric = self.stage_losses[f"{stage}_losses"][name]
         if labelled:
-            loss_metric.update(step.losses[name].detach(), labelled)
+            loss_metric.update(step.mean_losses[name].detach(), labelled)
         if log is not None:
             log(f"{stage}/{name}/loss", loss_metric, on_step=False, on_epoch=True)
         collection = self.stage_metrics[f"{stage}_metrics"][name]
