@@ -59,6 +59,7 @@ SLOW_FILES = [
     "test_ddp_defaults.py",
     "test_resume.py",
     "test_ddp.py",
+    "images/test_image_runs.py",
     "test_benchmarks.py",
     "test_fail_fast.py",
     "test_resume_epoch_window.py",
