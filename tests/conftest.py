@@ -28,7 +28,8 @@ def tiny_speech() -> SyntheticSpeechDataModule:
 
 @pytest.fixture(autouse=True)
 def audio_corpus_for_audio_configs(request):
-    """configs/audio_*.yaml read ``corpus/manifest.csv``: write a tiny generated corpus there."""
+    """configs/audio_*.yaml read ``corpus/manifest.csv``, configs/tabular_*.yaml ``data/``,
+    configs/seed_quality_images.yaml ``seed_images/``: write tiny generated data there."""
     callspec = getattr(request.node, "callspec", None)
     config = callspec.params.get("config") if callspec is not None else None
     if config is not None and Path(str(config)).name.startswith("audio_"):
@@ -40,6 +41,21 @@ def audio_corpus_for_audio_configs(request):
         from mtl_lightning.data import write_example_table  # configs/tabular_*.yaml read data/
 
         write_example_table(request.getfixturevalue("tmp_path") / "data" / "five_tasks.csv", n=200)
+    if config is not None and Path(str(config)).name.startswith("seed_quality_images"):
+        from mtl_lightning.images.synthetic_corpus import ImageCorpusSpec, write_image_corpus
+
+        spec = ImageCorpusSpec(n_images=48, size=32)  # the config reads seed_images/
+        write_image_corpus(request.getfixturevalue("tmp_path") / "seed_images", spec)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: a small model gains nothing from more, and the cores are shared (two
+    threads on two busy cores spin and take ~10x the CPU time)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 affinity equal one process; files, images and tables are written once."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from _cli_run import ROOT, run_cli
+from _cli_run import ROOT, run_cli, run_in_process
 
 from mtl_lightning.data import SyntheticSpeechDataModule
 from mtl_lightning.metrics import majority_rate
@@ -38,21 +37,8 @@ def _cli(cwd: Path, *args: str) -> str:
 
 
 def _in_process(cwd: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
-    """The same command in this process (the one-process reference: no second ~8 s import).
-
-    Lightning leaves ``MASTER_PORT`` and the like in ``os.environ``; they are removed again, or
-    the next two-process run would inherit a port and find it taken."""
-    from mtl_lightning.commands import main
-
-    cwd.mkdir(parents=True, exist_ok=True)
-    environ = dict(os.environ)
-    with monkeypatch.context() as patch:
-        patch.chdir(cwd)
-        try:
-            main(list(args))
-        finally:
-            os.environ.clear()
-            os.environ.update(environ)
+    """The same command in this process (the one-process reference)."""
+    run_in_process(cwd, monkeypatch, list(args))
 
 
 def _with_batch(args: list[str], size: int) -> list[str]:

@@ -337,14 +337,7 @@ class AudioFeatureDataModule(ManifestTasks, InMemoryDataModule):
         """
         self._restored = self._as_restored(state_dict)
         if self.datasets:
-            features = self._load_features()
-            problems = self._unknown_labels(features)
-            if problems:
-                kept = sum(x is not None for x in features)
-                report_problems(problems, self.hparams.on_error, self.manifest, kept)
-                self.skipped = sorted([*self.skipped, *problems], key=lambda p: p.line)
-            self.datasets = {}
-            self._build_datasets()
+            self._rebuild_restored(self._load_features())
 
     def _checkpoint_state(self, path: str) -> dict[str, Any]:
         return self._as_restored(self._saved_state(path))
@@ -359,26 +352,6 @@ class AudioFeatureDataModule(ManifestTasks, InMemoryDataModule):
         return {**state, "vocab": LabelVocab(state["vocab"])}
 
     # ------------------------------------------------------------------ loaders
-    @property  # type: ignore[override]
-    def train_set(self) -> UtteranceDataset | None:
-        """The training utterances (``None`` until ``setup()``)."""
-        return self.datasets.get("train")
-
-    @property  # type: ignore[override]
-    def val_set(self) -> UtteranceDataset | None:
-        """The validation utterances (``None`` until ``setup()``)."""
-        return self.datasets.get("val")
-
-    @property  # type: ignore[override]
-    def test_set(self) -> UtteranceDataset | None:
-        """The test utterances (``None`` until ``setup()``)."""
-        return self.datasets.get("test")
-
-    def _split_set(self, split: str) -> UtteranceDataset:
-        if split not in self.datasets:
-            raise RuntimeError("call setup() before requesting a dataloader")
-        return self.datasets[split]
-
     def _finish_loader(self, loader: DataLoader) -> DataLoader:
         if self.hparams.crop_frames is None:
             loader.collate_fn = pad_collate  # whole utterances: pad per batch, with a mask

@@ -306,16 +306,7 @@ class ImageManifestDataModule(ManifestTasks, InMemoryDataModule):
         """Use a checkpoint's vocabulary and statistics; the datasets are built again."""
         self._restored = self._as_restored(state_dict)
         if self.datasets:
-            images = self._load_images()
-            problems = unknown_labels(
-                self.manifest, self._plan(), self.vocab, self.label_columns, images
-            )
-            if problems:
-                kept = sum(x is not None for x in images)
-                report_problems(problems, self.hparams.on_error, self.manifest, kept)
-                self.skipped = sorted([*self.skipped, *problems], key=lambda p: p.line)
-            self.datasets = {}
-            self._build_datasets()
+            self._rebuild_restored(self._load_images())
 
     def _as_restored(self, state: dict[str, Any]) -> dict[str, Any]:
         if state.get("images") != self.spec.params():
@@ -326,26 +317,6 @@ class ImageManifestDataModule(ManifestTasks, InMemoryDataModule):
         return {**state, "vocab": LabelVocab(state["vocab"])}
 
     # ------------------------------------------------------------------ loaders
-    @property  # type: ignore[override]
-    def train_set(self) -> ImageDataset | None:
-        """The training images (``None`` until ``setup()``)."""
-        return self.datasets.get("train")
-
-    @property  # type: ignore[override]
-    def val_set(self) -> ImageDataset | None:
-        """The validation images (``None`` until ``setup()``)."""
-        return self.datasets.get("val")
-
-    @property  # type: ignore[override]
-    def test_set(self) -> ImageDataset | None:
-        """The test images (``None`` until ``setup()``)."""
-        return self.datasets.get("test")
-
-    def _split_set(self, split: str) -> ImageDataset:
-        if split not in self.datasets:
-            raise RuntimeError("call setup() before requesting a dataloader")
-        return self.datasets[split]
-
     def train_dataloader(self) -> DataLoader:
         """Seeded order that resumes mid-epoch (as every datamodule's), ``(index, epoch)`` keys
         so each sample's augmentation is seeded by its epoch."""

@@ -5,14 +5,21 @@ Shared by :class:`~mtl_lightning.data.audio.AudioFeatureDataModule` and
 column, its classes those of the vocabulary (the rows used, or a restored checkpoint's),
 ``adversarial`` columns trained as adversaries, conditional columns carrying
 ``TaskSpec.only_when`` as vocabulary indices. Also which stage the plan is read for (predict
-needs no labels) and the manifest path of a predicted row.
+needs no labels), the manifest path of a predicted row, the split datasets (``datasets``:
+``train``, ``val``, ``test`` and ``all``) and their re-build with a restored vocabulary.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mtl_lightning.data.audio_features import unknown_labels
 from mtl_lightning.data.audio_plan import Conditions, Plan
+from mtl_lightning.data.manifest import RowProblem, report_problems
 from mtl_lightning.data.vocab import LabelVocab
 from mtl_lightning.tasks import TaskSpec
 
@@ -20,18 +27,26 @@ __all__ = ["ManifestTasks"]
 
 
 class ManifestTasks:
-    """Mixin: :attr:`tasks`, :meth:`row_path` and the predict split of a manifest datamodule.
+    """Mixin: :attr:`tasks`, :meth:`row_path`, the splits and the predict split of a manifest
+    datamodule.
 
-    The host has ``label_columns``, ``conditions`` (:data:`~.audio_plan.Conditions`), a
-    :attr:`vocab`, ``_plan()`` and the hyperparameters ``adversarial``, ``adversary`` and
-    ``predict_split``.
+    The host has ``manifest``, ``label_columns``, ``conditions``
+    (:data:`~.audio_plan.Conditions`), a :attr:`vocab`, ``_plan()``, ``_build_datasets()``
+    (which fills ``datasets``), ``skipped`` and the hyperparameters ``adversarial``,
+    ``adversary``, ``predict_split`` and ``on_error``.
     """
 
+    manifest: Path
     label_columns: list[str]
     conditions: Conditions
+    datasets: dict[str, Dataset]
+    skipped: list[RowProblem]
     hparams: Any
     trainer: Any
     _stage: str | None
+
+    def _build_datasets(self) -> None:
+        raise NotImplementedError
 
     @property
     def vocab(self) -> LabelVocab:
@@ -92,3 +107,37 @@ class ManifestTasks:
     @property
     def _predict_from(self) -> str:
         return self.hparams.predict_split
+
+    def _rebuild_restored(self, items: list[Tensor | None]) -> None:
+        """After a checkpoint's vocabulary was restored: rows (with ``items``: features or
+        images) labelled with classes it lacks are bad rows (raised or skipped), and the
+        datasets are built again with its classes and statistics."""
+        problems = unknown_labels(
+            self.manifest, self._plan(), self.vocab, self.label_columns, items
+        )
+        if problems:
+            kept = sum(x is not None for x in items)
+            report_problems(problems, self.hparams.on_error, self.manifest, kept)
+            self.skipped = sorted([*self.skipped, *problems], key=lambda p: p.line)
+        self.datasets = {}
+        self._build_datasets()
+
+    @property
+    def train_set(self) -> Dataset | None:
+        """The training split (``None`` until ``setup()``)."""
+        return self.datasets.get("train")
+
+    @property
+    def val_set(self) -> Dataset | None:
+        """The validation split (``None`` until ``setup()``)."""
+        return self.datasets.get("val")
+
+    @property
+    def test_set(self) -> Dataset | None:
+        """The test split (``None`` until ``setup()``)."""
+        return self.datasets.get("test")
+
+    def _split_set(self, split: str) -> Dataset:
+        if split not in self.datasets:
+            raise RuntimeError("call setup() before requesting a dataloader")
+        return self.datasets[split]

@@ -13,7 +13,6 @@ import functools
 import math
 
 import lightning.pytorch as pl
-import pytest
 import torch
 
 from mtl_lightning import MultiTaskModule
@@ -25,15 +24,6 @@ from mtl_lightning.nn import CNNTrunk
 def binomial_tail(correct: int, n: int, chance: float) -> float:
     """P(at least ``correct`` of ``n`` right) when guessing with probability ``chance``."""
     return sum(math.comb(n, k) * chance**k * (1 - chance) ** (n - k) for k in range(correct, n + 1))
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: two threads on two busy shared cores spin and take ~10x the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_without_reversal_the_speaker_leaks_and_emotion_transfers(tmp_path, one_thread):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from _cli_run import ROOT, run_cli
+from _cli_run import ROOT, run_cli, run_in_process
 
 pytest.importorskip("torchvision")
 
@@ -23,19 +22,7 @@ DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.stra
 
 
 def _main(cwd: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
-    """``python -m mtl_lightning *args`` in this process, in ``cwd`` (the environment that
-    Lightning changes is restored, so a later two-process run finds its port free)."""
-    from mtl_lightning.commands import main
-
-    cwd.mkdir(parents=True, exist_ok=True)
-    environ = dict(os.environ)
-    with monkeypatch.context() as patch:
-        patch.chdir(cwd)
-        try:
-            main(list(args))
-        finally:
-            os.environ.clear()
-            os.environ.update(environ)
+    run_in_process(cwd, monkeypatch, list(args))
 
 
 def _config(tmp_path: Path, manifest: Path, **changes: object) -> Path:

@@ -140,15 +140,6 @@ def test_mean_colour_alone_does_not_give_the_labels(corpus):
     assert grade_acc < 0.75
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: a tiny CNN gains nothing from more, and the cores may be shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_a_small_cnn_learns_both_tasks(corpus, one_thread):
     _, rows, images = corpus
     seed, grade = (torch.from_numpy(x) for x in _labels(rows))
