@@ -108,7 +108,8 @@ def decode_rows(
     Example:
         >>> import tempfile, pathlib
         >>> from torchvision.io import write_png
-        >>> d = pathlib.Path(tempfile.mkdtemp()); write_png(torch.zeros(3, 8, 12, dtype=torch.uint8), str(d / "a.png"))
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = write_png(torch.zeros(3, 8, 12, dtype=torch.uint8), str(d / "a.png"))
         >>> _ = (d / "b.png").write_bytes(b"not a png")
         >>> rows = [ManifestRow(n, p, d / p, {}, None, None) for n, p in [(2, "a.png"), (3, "b.png")]]
         >>> images, problems = decode_rows(rows, ImageSpec(image_size=4))
