@@ -9,8 +9,11 @@ own data fetching. On a shared machine whose speed drifts by 10% within seconds,
 steps see the same machine: the ratio of their sums is steady to about 1%, where separate runs
 of each loop gave ratios from 1.02 to 1.08 on the same host. Times are this process's CPU time
 (one torch thread: the work done, little disturbed by other processes) and wall time.
-Run: ``python benchmarks/lightning_overhead.py [--steps N] [--trials N]`` or, with the other
-benchmarks, ``python -m benchmarks``.
+Two models: the default CNN (a ~80-140 ms step here) and the dense five-task model of
+``configs/weighting_aggregation.yaml`` (``DenseTrunk`` on ``SyntheticTabularDataModule``, a
+~2-3 ms step, where the per-step bookkeeping weighs as much as the model).
+Run: ``python -m benchmarks.lightning_overhead [--model cnn|dense] [--steps N] [--trials N]``
+or, with the other benchmarks, ``python -m benchmarks``.
 """
 
 from __future__ import annotations
@@ -18,22 +21,35 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 import warnings
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
+from benchmarks._interleave import cycle, fit_interleaved
 from mtl_lightning import GradientReversalSchedule, MultiTaskModule, SyntheticSpeechDataModule
+from mtl_lightning.data import MultiTaskDataModule, SyntheticTabularDataModule
+from mtl_lightning.nn import DenseTrunk
 
 warnings.filterwarnings("ignore")
 
 
-def _model(data: SyntheticSpeechDataModule, validate: bool) -> MultiTaskModule:
+def _model(data: MultiTaskDataModule, validate: bool) -> MultiTaskModule:
     torch.manual_seed(0)
+    if isinstance(data, SyntheticTabularDataModule):  # configs/weighting_aggregation.yaml's
+        trunk = DenseTrunk(data.n_features, divisors=[4, 12, 20], dropout=0.1)
+        return MultiTaskModule(data.tasks, trunk=trunk, head_hidden=16, validate_inputs=validate)
     return MultiTaskModule(data.tasks, validate_inputs=validate)
+
+
+def make_data(model: str, tiny: bool = False) -> MultiTaskDataModule:
+    """``cnn``: the default synthetic speech; ``dense``: the five-task table, batch 64."""
+    if model == "dense":
+        return SyntheticTabularDataModule(n_train=256 if tiny else 4096, n_eval=64)
+    if tiny:
+        return SyntheticSpeechDataModule(per_pair=2, per_pair_eval=1, n_mels=16, frames=16)
+    return SyntheticSpeechDataModule()
 
 
 def _hand_step(model, optimizer, batch) -> None:
@@ -44,60 +60,26 @@ def _hand_step(model, optimizer, batch) -> None:
     optimizer.step()
 
 
-def _cycle(loader):
-    while True:
-        yield from loader
-
-
-class _Interleaved(pl.Callback):
-    """Runs and times one hand-loop step before each Lightning step; times the Lightning steps
-    in between (CPU and wall seconds, after ``warmup`` steps of each)."""
-
-    def __init__(self, data: SyntheticSpeechDataModule, warmup: int) -> None:
-        self.model = _model(data, validate=False).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.batches = iter(_cycle(data.train_dataloader()))
-        self.warmup = warmup
-        self.hand: list[tuple[float, float]] = []
-        self.lightning: list[tuple[float, float]] = []
-        self._end: tuple[float, float] | None = None
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        start = (time.process_time(), time.perf_counter())
-        if self._end is not None and trainer.global_step > self.warmup:
-            self.lightning.append((start[0] - self._end[0], start[1] - self._end[1]))
-        _hand_step(self.model, self.optimizer, next(self.batches))
-        end = (time.process_time(), time.perf_counter())
-        if trainer.global_step >= self.warmup:
-            self.hand.append((end[0] - start[0], end[1] - start[1]))
-        self._end = (time.process_time(), time.perf_counter())
-
-
-def interleaved(data: SyntheticSpeechDataModule, steps: int, validate: bool) -> dict[str, float]:
+def interleaved(data: MultiTaskDataModule, steps: int, validate: bool) -> dict[str, float]:
     """One ``Trainer.fit`` of ``steps`` timed steps (after 3 warm-up steps) with the package's
     metrics, logging and GRL schedule, each step paired with a hand-loop step. Returns the CPU
     and wall ms per step of each and the ratios of their sums over the paired steps."""
-    warmup = 3
-    timer = _Interleaved(data, warmup)
-    trainer = pl.Trainer(
-        max_steps=steps + warmup + 1,  # the last step has no next batch start to end its timing
-        accelerator="cpu",  # the hand loop runs on CPU too
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        callbacks=[timer, GradientReversalSchedule()],  # timer first: its hook starts the step
+    hand = _model(data, validate=False).train()
+    optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
+    batches = cycle(data.train_dataloader())
+    timed = fit_interleaved(
+        _model(data, validate),
+        data,
+        {"hand": lambda: _hand_step(hand, optimizer, next(batches))},
+        steps,
+        baseline="hand",
+        callbacks=[GradientReversalSchedule()],
     )
-    trainer.fit(_model(data, validate), data)
-    n = min(len(timer.hand), len(timer.lightning))
-    hand, light = timer.hand[:n], timer.lightning[:n]
     result = {}
-    for i, kind in enumerate(("cpu", "wall")):
-        h, lt = sum(x[i] for x in hand), sum(x[i] for x in light)
-        result |= {f"hand_{kind}_ms": 1000 * h / n, f"lightning_{kind}_ms": 1000 * lt / n}
-        result[f"{kind}_ratio"] = lt / h
+    for kind in ("cpu", "wall"):
+        result[f"hand_{kind}_ms"] = timed[f"hand_{kind}_ms"]
+        result[f"lightning_{kind}_ms"] = timed[f"lightning_{kind}_ms"]
+        result[f"{kind}_ratio"] = timed[f"lightning_{kind}_ratio"]
     return result
 
 
@@ -109,12 +91,12 @@ LABELS = {
 
 
 def measure(
-    steps: int, trials: int, data: SyntheticSpeechDataModule | None = None
+    steps: int, trials: int, data: MultiTaskDataModule | None = None
 ) -> dict[str, dict[str, float]]:
     """Per loop: medians over ``trials`` fits of the CPU and wall ms per step and of the ratio
     to the hand-loop steps interleaved with them (the hand row: over every fit)."""
     if data is None:
-        data = SyntheticSpeechDataModule()
+        data = make_data("cnn")
     data.setup("fit")
     runs: dict[str, list[dict[str, float]]] = {"lightning": [], "lightning_nocheck": []}
     for _ in range(trials):
@@ -142,35 +124,41 @@ def measure(
     return result
 
 
+#: the settings' prefixes of each model's rows (the CNN's are the plain labels)
+MODEL_PREFIX = {"cnn": "", "dense": "dense five-task: "}
+
+
 def run(tiny: bool = False) -> list[dict[str, object]]:
-    """Rows for ``python -m benchmarks``: CPU ms per step and the ratio to the hand loop."""
-    if tiny:
-        data = SyntheticSpeechDataModule(per_pair=2, per_pair_eval=1, n_mels=16, frames=16)
-        result = measure(steps=2, trials=1, data=data)
-    else:
-        result = measure(steps=60, trials=5)
-    return [
-        {
-            "benchmark": "lightning_overhead",
-            "setting": LABELS[key],
-            "value": round(r["cpu_ms"], 2),
-            "unit": "CPU ms/step",
-            "ratio": round(r["cpu_ratio"], 3),
-            "note": f"interleaved steps; wall {r['wall_ms']:.1f} ms, ratio {r['wall_ratio']:.3f}",
-        }
-        for key, r in result.items()
-    ]
+    """Rows for ``python -m benchmarks``: CPU ms per step and the ratio to the hand loop, for
+    the CNN and the dense five-task model."""
+    rows = []
+    for model, prefix in MODEL_PREFIX.items():
+        steps, trials = (2, 1) if tiny else ((60, 5) if model == "cnn" else (300, 5))
+        result = measure(steps=steps, trials=trials, data=make_data(model, tiny))
+        rows += [
+            {
+                "benchmark": "lightning_overhead",
+                "setting": prefix + LABELS[key],
+                "value": round(r["cpu_ms"], 3 if model == "dense" else 2),
+                "unit": "CPU ms/step",
+                "ratio": round(r["cpu_ratio"], 3),
+                "note": f"interleaved steps; wall {r['wall_ms']:.2f} ms, ratio {r['wall_ratio']:.3f}",
+            }
+            for key, r in result.items()
+        ]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", choices=sorted(MODEL_PREFIX), default="cnn")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
-    result = measure(args.steps, args.trials)
+    result = measure(args.steps, args.trials, make_data(args.model))
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"lightning {pl.__version__}; default model, batch 64, {args.steps} interleaved steps x "
+        f"lightning {pl.__version__}; {args.model} model, batch 64, {args.steps} interleaved steps x "
         f"{args.trials} fits per loop (medians over fits)"
     )
     print("| loop | ms / step | ratio vs hand loop | CPU ms / step | CPU ratio |")

@@ -404,6 +404,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         # written at the end of an epoch still holds that epoch's sums: clear them whenever an
         # epoch starts from its first batch (the progress counter still holds the last epoch's).
         self._metrics.start_epoch("train")
+        self._progress.parameters = None  # the gradient path lists them again
         if not adapters.resumes_mid_epoch(self.trainer):
             self._metrics.reset_train()
             self._start_adversary_epoch()  # not again in a resumed epoch

@@ -39,7 +39,7 @@ from mtl_lightning.weighting import GradientWeighting
 if TYPE_CHECKING:
     from mtl_lightning.module import MultiTaskModule
 
-__all__ = ["GradientStep", "TaskRows", "Update"]
+__all__ = ["GradientStep", "TaskRows", "Update", "gradient_parameters"]
 
 
 @dataclass
@@ -77,6 +77,21 @@ class Update:
         return bool(torch.isfinite(self.trunk).all() & torch.isfinite(self.heads).all())
 
 
+def gradient_parameters(host: MultiTaskModule) -> tuple[list[Tensor], list[Tensor]]:
+    """The trunk's trainable parameters and every other trainable one, listed once per
+    training epoch (the host clears the list when an epoch starts, after the callbacks' hooks:
+    a fine-tuning callback that (un)freezes layers there is seen) and again when one of them
+    was frozen since. Walking every submodule, ~100 metric modules included, on each step
+    cost as much as a small dense model's whole step."""
+    cached = host._progress.parameters
+    if cached is None or not all(p.requires_grad for group in cached for p in group):
+        shared = [p for p in host.trunk.parameters() if p.requires_grad]
+        ids = {id(p) for p in shared}
+        others = [p for p in host.parameters() if p.requires_grad and id(p) not in ids]
+        cached = host._progress.parameters = (shared, others)
+    return cached
+
+
 class GradientStep:
     """One step of the gradient path for ``host`` (built per batch, after its losses passed
     the non-finite check), ``scale`` being the AMP loss scale (1 without a GradScaler).
@@ -104,9 +119,7 @@ class GradientStep:
         self.checking = host.nonfinite != "off" or scale != 1.0
         self.main = aggregated_tasks(host.tasks)
         self.adversaries = [t for t in host.tasks if t.adversarial]
-        self.shared = [p for p in host.trunk.parameters() if p.requires_grad]
-        shared_ids = {id(p) for p in self.shared}
-        self.others = [p for p in host.parameters() if p.requires_grad and id(p) not in shared_ids]
+        self.shared, self.others = gradient_parameters(host)
         self.optimizer = host.optimizers()
 
     def run(self, step: StepOutputs) -> Tensor | None:

@@ -60,6 +60,8 @@ class StepState:
     skip_step: bool = False
     #: the DDP loss scales of the current training batch, reused when it is run again
     loss_scales: dict[str, Tensor] | None = None
+    #: the gradient path's (trunk, other) trainable parameters, listed once per training epoch
+    parameters: tuple[list[Tensor], list[Tensor]] | None = None
 
     def start_batch(self, batch: Any, batch_idx: int) -> None:
         """Record the training batch the step runs on."""

@@ -1,0 +1,88 @@
+"""Time a Lightning fit against other loops step by step, interleaved in one process.
+
+At the start of every Lightning training step, one step of each contender runs (its own model
+copy, optimizer and data iterator) and is timed; the Lightning step is timed from the end of
+the last contender's step to the start of the next batch, so it holds the Trainer's loop,
+hooks, logging and data fetching. Adjacent steps see the same machine load: on a shared
+machine whose speed drifts by 10% within seconds the ratio of their sums is steady to ~1%.
+Times are this process's CPU time (one torch thread: the work done) and wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+
+__all__ = ["Interleaved", "cycle", "fit_interleaved"]
+
+Step = Callable[[], None]
+
+
+def cycle(loader: Any) -> Iterator[Any]:
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
+class Interleaved(pl.Callback):
+    """Runs and times one step of every contender before each Lightning step; times the
+    Lightning steps in between (CPU and wall seconds, after ``warmup`` steps)."""
+
+    def __init__(self, contenders: dict[str, Step], warmup: int) -> None:
+        self.contenders = contenders
+        self.warmup = warmup
+        self.times: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
+        self.times["lightning"] = []
+        self._end: tuple[float, float] | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        now = (time.process_time(), time.perf_counter())
+        if self._end is not None and trainer.global_step > self.warmup:
+            self.times["lightning"].append((now[0] - self._end[0], now[1] - self._end[1]))
+        for name, step in self.contenders.items():
+            start = (time.process_time(), time.perf_counter())
+            step()
+            end = (time.process_time(), time.perf_counter())
+            if trainer.global_step >= self.warmup:
+                self.times[name].append((end[0] - start[0], end[1] - start[1]))
+        self._end = (time.process_time(), time.perf_counter())
+
+
+def fit_interleaved(
+    model: pl.LightningModule,
+    data: pl.LightningDataModule,
+    contenders: dict[str, Step],
+    steps: int,
+    baseline: str,
+    callbacks: Sequence[pl.Callback] = (),
+    warmup: int = 3,
+) -> dict[str, float]:
+    """One ``Trainer.fit`` of ``steps`` timed steps, each paired with a step of every contender.
+
+    Returns, per loop (``lightning`` and each contender), the CPU and wall ms per step and the
+    ratio of its summed times to ``baseline``'s over the paired steps.
+    """
+    timer = Interleaved(contenders, warmup)
+    trainer = pl.Trainer(
+        max_steps=steps + warmup + 1,  # the last step has no next batch start to end its timing
+        accelerator="cpu",  # the contenders run on CPU too
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        callbacks=[timer, *callbacks],  # the timer first: its hook starts the step
+    )
+    trainer.fit(model, data)
+    n = min(len(v) for v in timer.times.values())
+    result: dict[str, float] = {}
+    for i, kind in enumerate(("cpu", "wall")):
+        sums = {k: sum(x[i] for x in v[:n]) for k, v in timer.times.items()}
+        for name, total in sums.items():
+            result[f"{name}_{kind}_ms"] = 1000 * total / n
+            result[f"{name}_{kind}_ratio"] = total / sums[baseline]
+    return result
