@@ -39,6 +39,10 @@ def test_benchmark_runner_tiny(tmp_path):
     assert {
         ("lightning_overhead", "MultiTaskModule + Trainer"),
         ("lightning_overhead", "hand-written PyTorch loop"),
+        ("lightning_overhead", "dense five-task: MultiTaskModule + Trainer"),
+        ("gradient_path", "dense K=2: MultiTaskModule + Trainer (UPGrad, shared)"),
+        ("gradient_path", "dense K=2: torchjd mtl_backward"),
+        ("gradient_path", "dense K=2: hand K-pass"),
         ("audio_throughput", "extract log-mel, 2 worker(s)"),
         ("audio_throughput", "loading / step (cached epoch), per batch"),
     } <= settings, settings

@@ -39,6 +39,8 @@ SHOWN_NOT_RUN = {
     "srun python -m mtl_lightning fit --trainer.num_nodes 2 --trainer.devices 4 --trainer.strategy ddp": "needs a SLURM cluster",
     "mkdocs serve": "a server that runs until stopped; .ci/run builds the same site with `mkdocs build --strict`",
     "python -m benchmarks --json /tmp/benchmarks.json": "takes about 9 minutes; tests/test_benchmarks.py runs the same entry point with --tiny",
+    "python -m benchmarks.lightning_overhead --model dense --steps 300 --trials 3": "about a minute of timing with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module on both models",
+    "python -m benchmarks.gradient_path --trials 3 --steps 200": "about 2.5 minutes of timing with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module",
 }  # fmt: skip
 
 DEFAULT_FIT = "python -m mtl_lightning fit"  # README.md, the main job
