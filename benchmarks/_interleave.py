@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
-__all__ = ["Interleaved", "cycle", "fit_interleaved"]
+__all__ = ["Interleaved", "cycle", "fit_interleaved", "to_device"]
 
 Step = Callable[[], None]
 
@@ -31,20 +32,24 @@ class Interleaved(pl.Callback):
     """Runs and times one step of every contender before each Lightning step; times the
     Lightning steps in between (CPU and wall seconds, after ``warmup`` steps)."""
 
-    def __init__(self, contenders: dict[str, Step], warmup: int) -> None:
+    def __init__(self, contenders: dict[str, Step], warmup: int, cuda: bool = False) -> None:
         self.contenders = contenders
         self.warmup = warmup
+        # on a GPU the work is asynchronous: wait for it before reading a clock
+        self.sync: Callable[[], None] = torch.cuda.synchronize if cuda else (lambda: None)
         self.times: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
         self.times["lightning"] = []
         self._end: tuple[float, float] | None = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.sync()
         now = (time.process_time(), time.perf_counter())
         if self._end is not None and trainer.global_step > self.warmup:
             self.times["lightning"].append((now[0] - self._end[0], now[1] - self._end[1]))
         for name, step in self.contenders.items():
             start = (time.process_time(), time.perf_counter())
             step()
+            self.sync()
             end = (time.process_time(), time.perf_counter())
             if trainer.global_step >= self.warmup:
                 self.times[name].append((end[0] - start[0], end[1] - start[1]))
@@ -59,16 +64,19 @@ def fit_interleaved(
     baseline: str,
     callbacks: Sequence[pl.Callback] = (),
     warmup: int = 3,
+    accelerator: str = "cpu",
 ) -> dict[str, float]:
     """One ``Trainer.fit`` of ``steps`` timed steps, each paired with a step of every contender.
 
     Returns, per loop (``lightning`` and each contender), the CPU and wall ms per step and the
-    ratio of its summed times to ``baseline``'s over the paired steps.
+    ratio of its summed times to ``baseline``'s over the paired steps. On ``accelerator="gpu"``
+    every clock reading waits for the device (the wall times are the ones that count there).
     """
-    timer = Interleaved(contenders, warmup)
+    timer = Interleaved(contenders, warmup, cuda=accelerator == "gpu")
     trainer = pl.Trainer(
         max_steps=steps + warmup + 1,  # the last step has no next batch start to end its timing
-        accelerator="cpu",  # the contenders run on CPU too
+        accelerator=accelerator,  # the contenders run on the same device
+        devices=1,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -86,3 +94,10 @@ def fit_interleaved(
             result[f"{name}_{kind}_ms"] = 1000 * total / n
             result[f"{name}_{kind}_ratio"] = total / sums[baseline]
     return result
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """The batch's tensors on ``device`` (nested dicts kept)."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch

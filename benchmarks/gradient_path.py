@@ -29,7 +29,7 @@ from torch import Tensor
 from torchjd.aggregation import UPGrad
 from torchjd.autojac import jac_to_grad, mtl_backward
 
-from benchmarks._interleave import cycle, fit_interleaved
+from benchmarks._interleave import cycle, fit_interleaved, to_device
 from benchmarks.lightning_overhead import make_data
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.data import MultiTaskDataModule, SyntheticTabularDataModule
@@ -57,21 +57,23 @@ def _losses(model: MultiTaskModule, batch: dict) -> tuple[Tensor, list[Tensor]]:
     return embedding, losses
 
 
-def _steps(tasks: list[TaskSpec], data: MultiTaskDataModule) -> dict[str, Callable[[], None]]:
+def _steps(
+    tasks: list[TaskSpec], data: MultiTaskDataModule, device: torch.device
+) -> dict[str, Callable[[], None]]:
     """One step function per contender, each on its own model copy, optimizer and batches."""
     dense = isinstance(data, SyntheticTabularDataModule)
     names = [t.name for t in tasks]
     upgrad = UPGrad()
 
     def contender(kind: str) -> Callable[[], None]:
-        model = _model(tasks, dense, aggregate=False).train()
+        model = _model(tasks, dense, aggregate=False).train().to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         shared = [p for p in model.trunk.parameters() if p.requires_grad]
         heads = [p for t in names for p in model.heads[t].parameters()]
         batches = cycle(data.train_dataloader())
 
         def step() -> None:
-            batch = next(batches)
+            batch = to_device(next(batches), device)
             batch = {**batch, "targets": {t: batch["targets"][t] for t in names}}
             optimizer.zero_grad(set_to_none=True)
             embedding, losses = _losses(model, batch)
@@ -98,8 +100,11 @@ def _steps(tasks: list[TaskSpec], data: MultiTaskDataModule) -> dict[str, Callab
     return {kind: contender(kind) for kind in CONTENDERS}
 
 
-def measure(model: str, k: int, steps: int, trials: int, tiny: bool = False) -> dict[str, dict]:
+def measure(
+    model: str, k: int, steps: int, trials: int, tiny: bool = False, accelerator: str = "cpu"
+) -> dict[str, dict]:
     """Per loop, medians over ``trials`` fits: ms per step and the ratio to torchjd's path."""
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     if model == "dense" and k == 2:  # the first two tasks of the five-task table
         n = 256 if tiny else 4096
         data = SyntheticTabularDataModule(num_classes=(3, 2), groups=((0, 1),), conflicting=(),
@@ -113,8 +118,11 @@ def measure(model: str, k: int, steps: int, trials: int, tiny: bool = False) -> 
     fits = []
     for _ in range(trials):
         package = _model(tasks, model == "dense", aggregate=True)
+        contenders = _steps(tasks, data, device)
         fits.append(
-            fit_interleaved(package, data, _steps(tasks, data), steps, "torchjd mtl_backward")
+            fit_interleaved(
+                package, data, contenders, steps, "torchjd mtl_backward", accelerator=accelerator
+            )
         )
     return {
         name: {

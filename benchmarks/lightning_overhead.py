@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 
-from benchmarks._interleave import cycle, fit_interleaved
+from benchmarks._interleave import cycle, fit_interleaved, to_device
 from mtl_lightning import GradientReversalSchedule, MultiTaskModule, SyntheticSpeechDataModule
 from mtl_lightning.data import MultiTaskDataModule, SyntheticTabularDataModule
 from mtl_lightning.nn import DenseTrunk
@@ -60,20 +60,24 @@ def _hand_step(model, optimizer, batch) -> None:
     optimizer.step()
 
 
-def interleaved(data: MultiTaskDataModule, steps: int, validate: bool) -> dict[str, float]:
+def interleaved(
+    data: MultiTaskDataModule, steps: int, validate: bool, accelerator: str = "cpu"
+) -> dict[str, float]:
     """One ``Trainer.fit`` of ``steps`` timed steps (after 3 warm-up steps) with the package's
     metrics, logging and GRL schedule, each step paired with a hand-loop step. Returns the CPU
     and wall ms per step of each and the ratios of their sums over the paired steps."""
-    hand = _model(data, validate=False).train()
+    device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+    hand = _model(data, validate=False).train().to(device)
     optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
     batches = cycle(data.train_dataloader())
     timed = fit_interleaved(
         _model(data, validate),
         data,
-        {"hand": lambda: _hand_step(hand, optimizer, next(batches))},
+        {"hand": lambda: _hand_step(hand, optimizer, to_device(next(batches), device))},
         steps,
         baseline="hand",
         callbacks=[GradientReversalSchedule()],
+        accelerator=accelerator,
     )
     result = {}
     for kind in ("cpu", "wall"):
@@ -91,7 +95,7 @@ LABELS = {
 
 
 def measure(
-    steps: int, trials: int, data: MultiTaskDataModule | None = None
+    steps: int, trials: int, data: MultiTaskDataModule | None = None, accelerator: str = "cpu"
 ) -> dict[str, dict[str, float]]:
     """Per loop: medians over ``trials`` fits of the CPU and wall ms per step and of the ratio
     to the hand-loop steps interleaved with them (the hand row: over every fit)."""
@@ -100,8 +104,8 @@ def measure(
     data.setup("fit")
     runs: dict[str, list[dict[str, float]]] = {"lightning": [], "lightning_nocheck": []}
     for _ in range(trials):
-        runs["lightning"].append(interleaved(data, steps, validate=True))
-        runs["lightning_nocheck"].append(interleaved(data, steps, validate=False))
+        runs["lightning"].append(interleaved(data, steps, True, accelerator))
+        runs["lightning_nocheck"].append(interleaved(data, steps, False, accelerator))
     fits = runs["lightning"] + runs["lightning_nocheck"]
     result = {
         "hand": {
