@@ -1,6 +1,7 @@
 """LightningDataModules that declare their tasks."""
 
 from mtl_lightning.data.audio import AudioFeatureDataModule
+from mtl_lightning.data.audio_streaming import StreamingAudioFeatureDataModule
 from mtl_lightning.data.base import (
     MultiTaskDataModule,
     ResumableDataLoader,
@@ -26,6 +27,7 @@ __all__ = [
     "ResumableDataLoader",
     "ResumableSampler",
     "SinCosDataModule",
+    "StreamingAudioFeatureDataModule",
     "SyntheticSeedDataModule",
     "SyntheticSpeechDataModule",
     "SyntheticTabularDataModule",

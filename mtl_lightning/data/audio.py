@@ -49,6 +49,8 @@ from mtl_lightning.data.audio_plan import (
     plan_vocab,
     read_plan,
 )
+from mtl_lightning.data.base import ResumableDataLoader, ResumableSampler, _require_samples
+from mtl_lightning.data.image_sets import EpochTaggedSampler
 from mtl_lightning.data.in_memory import InMemoryDataModule
 from mtl_lightning.data.manifest import OnError, RowProblem, check_on_error, report_problems
 from mtl_lightning.data.manifest_tasks import ManifestTasks
@@ -255,9 +257,7 @@ class AudioFeatureDataModule(ManifestTasks, InMemoryDataModule):
         h, plan = self.hparams, self._plan()
         if self._features is not None:
             return self._features
-        result, problems = extract_features(
-            plan, self.spec, self.cache_dir, h.num_extract_workers, h.progress
-        )
+        result, problems = self._extract(plan)
         if self._restored is not None:  # the vocabulary is known: so are its unknown labels
             problems += self._unknown_labels(result.features)
         kept = sum(x is not None for x in result.features)
@@ -272,6 +272,15 @@ class AudioFeatureDataModule(ManifestTasks, InMemoryDataModule):
         self.extraction = result
         self._features = result.features
         return self._features
+
+    def _extract(self, plan: Plan) -> tuple[ExtractionResult, list[RowProblem]]:
+        """Features of the plan's rows (into the per-file cache) and the bad rows."""
+        h = self.hparams
+        return extract_features(plan, self.spec, self.cache_dir, h.num_extract_workers, h.progress)
+
+    def _row_order(self, features: Sequence[Any]) -> Any:
+        """How the rows of a split are ordered in its dataset (``None``: row order)."""
+        return None
 
     def _unknown_labels(self, features: list[Tensor | None]) -> list[RowProblem]:
         plan = self._plan()
@@ -308,6 +317,8 @@ class AudioFeatureDataModule(ManifestTasks, InMemoryDataModule):
             members,
             self.hparams.crop_frames,
             unknown,
+            self._row_order(features),
+            self.hparams.seed,
         )
 
     def _write_run_files(self, log_dir: str | None) -> None:
@@ -352,6 +363,24 @@ class AudioFeatureDataModule(ManifestTasks, InMemoryDataModule):
         return {**state, "vocab": LabelVocab(state["vocab"])}
 
     # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        """The seeded order of every datamodule (exact mid-epoch resume, DDP shards), with
+        ``(index, epoch)`` keys: each sample's random crop is seeded by its epoch."""
+        o, train = self._loader_options(), self._split_set("train")
+        _require_samples(train, "training")
+        return self._finish_loader(
+            ResumableDataLoader(
+                train,
+                batch_size=o.batch_size,
+                sampler=self._train_sampler(train, o.seed),
+                num_workers=o.num_workers,
+                persistent_workers=o.num_workers > 0,
+            )
+        )
+
+    def _train_sampler(self, train: UtteranceDataset, seed: int) -> ResumableSampler:
+        return EpochTaggedSampler(train, shuffle=True, seed=seed)
+
     def _finish_loader(self, loader: DataLoader) -> DataLoader:
         if self.hparams.crop_frames is None:
             loader.collate_fn = pad_collate  # whole utterances: pad per batch, with a mask

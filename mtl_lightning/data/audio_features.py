@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +40,19 @@ log = logging.getLogger(__name__)
 
 
 def extract_features(
-    plan: Plan, spec: FeatureSpec, cache_dir: Path, workers: int, progress: bool
+    plan: Plan,
+    spec: FeatureSpec,
+    cache_dir: Path,
+    workers: int,
+    progress: bool,
+    extract: Callable[..., ExtractionResult] = extract_all,
 ) -> tuple[ExtractionResult, list[RowProblem]]:
     """Features of every planned row (from the cache where they are there), and the bad rows:
     the plan's, the files that failed, and those whose feature count differs from the others'
-    (their features are set to ``None``)."""
-    result = extract_all([r.file for r in plan.rows], spec, cache_dir, workers, progress)
+    (their features are set to ``None``). ``extract`` computes them: into the per-file cache
+    (:func:`~mtl_lightning.audio.parallel.extract_all`), or into shards
+    (:func:`~mtl_lightning.data.shards.write_shards`, whose handles have a ``shape`` too)."""
+    result = extract([r.file for r in plan.rows], spec, cache_dir, workers, progress)
     problems = list(plan.problems)
     problems += [
         RowProblem(plan.rows[i].line, plan.rows[i].path, e) for i, e in result.errors.items()

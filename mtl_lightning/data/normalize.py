@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -15,12 +15,83 @@ NormMode = Literal["global", "per_speaker", "none"]
 _EPS = 1e-5
 
 
-def _moments(items: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-    """Mean and std per feature row over all frames of ``items`` (each ``[F, T]``), in float64."""
+def _moments(items: Sequence[Any]) -> tuple[Tensor, Tensor]:
+    """Mean and std per feature row over all frames of ``items`` (each ``[F, T]``), in float64.
+
+    Items that are not tensors are handles to stored features (``.load()``, ``.location``:
+    :class:`~mtl_lightning.data.shards.ShardItem`): they are read one at a time in storage
+    order and merged as they come (:func:`_streamed_moments`), so memory stays flat.
+    """
+    if not all(isinstance(x, Tensor) for x in items):
+        return _streamed_moments(items)[None]
     frames = torch.cat([x.to(torch.float64) for x in items], dim=1)
     mean = frames.mean(dim=1)
     std = frames.var(dim=1, unbiased=False).sqrt().clamp_min(_EPS)
     return mean.to(torch.float32), std.to(torch.float32)
+
+
+class _Moments:
+    """Running per-row mean and sum of squared deviations of ``[F, T]`` items (float64), merged
+    with Chan et al.'s pairwise update: equal to the two-pass result up to rounding."""
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, torch.zeros(0, dtype=torch.float64), None
+
+    def add(self, x: Tensor) -> None:
+        x = x.to(torch.float64)
+        n, mu = x.shape[1], x.mean(dim=1)
+        sq = ((x - mu[:, None]) ** 2).sum(dim=1)
+        if self.m2 is None:
+            self.count, self.mean, self.m2 = n, mu, sq
+            return
+        delta, total = mu - self.mean, self.count + n
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + sq + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def result(self) -> tuple[Tensor, Tensor]:
+        assert self.m2 is not None, "no items"
+        std = (self.m2 / self.count).sqrt().clamp_min(_EPS)
+        return self.mean.to(torch.float32), std.to(torch.float32)
+
+
+def _streamed_moments(
+    items: Sequence[Any], groups: Sequence[Hashable] | None = None
+) -> dict[Hashable, tuple[Tensor, Tensor]]:
+    """Mean and std per group (all items in group ``None`` without ``groups``), in one pass
+    over the items in storage order (each chunk of a shard is then decoded once).
+
+    Example:
+        >>> x = [torch.tensor([[1.0, 2.0]]), torch.tensor([[4.0, 5.0, 6.0]])]
+        >>> [t.tolist() for t in _streamed_moments(x)[None]] == [t.tolist() for t in _moments(x)]
+        True
+    """
+    keys = list(groups) if groups is not None else [None] * len(items)
+    order = range(len(items))
+    if hasattr(items[0], "location"):
+        order = sorted(order, key=lambda i: items[i].location)
+    acc: dict[Hashable, _Moments] = {}
+    for i in order:
+        x = items[i] if isinstance(items[i], Tensor) else items[i].load()
+        acc.setdefault(keys[i], _Moments()).add(x)
+    return {k: a.result() for k, a in acc.items()}
+
+
+def _speaker_moments(
+    items: Sequence[Any], speakers: Sequence[str | None]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """:func:`_moments` of each speaker's items (rows without a speaker are left out); stored
+    items in one pass for all speakers."""
+    kept = [(x, s) for x, s in zip(items, speakers, strict=True) if s is not None]
+    if not kept:
+        return {}
+    if not all(isinstance(x, Tensor) for x, _ in kept):
+        found = _streamed_moments([x for x, _ in kept], [s for _, s in kept])
+        return {str(s): m for s, m in found.items()}
+    grouped: dict[str, list[Tensor]] = defaultdict(list)
+    for x, s in kept:
+        grouped[s].append(x)
+    return {s: _moments(group) for s, group in grouped.items()}
 
 
 class FeatureNorm:
@@ -59,11 +130,7 @@ class FeatureNorm:
             raise ValueError("cannot compute normalisation statistics: the training split is empty")
         self.mean, self.std = _moments(train)
         if self.mode == "per_speaker":
-            grouped: dict[str, list[Tensor]] = defaultdict(list)
-            for x, s in zip([*train, *everything], [*train_speakers, *speakers], strict=True):
-                if s is not None:
-                    grouped[s].append(x)
-            self.speakers = {s: _moments(items) for s, items in grouped.items()}
+            self.speakers = _speaker_moments([*train, *everything], [*train_speakers, *speakers])
 
     @property
     def fitted(self) -> bool:
@@ -78,11 +145,8 @@ class FeatureNorm:
         """
         if self.mode != "per_speaker":
             return
-        grouped: dict[str, list[Tensor]] = defaultdict(list)
-        for x, s in zip(items, speakers, strict=True):
-            if s is not None and s not in self.speakers:
-                grouped[s].append(x)
-        self.speakers |= {s: _moments(group) for s, group in grouped.items()}
+        new = [(x, s) for x, s in zip(items, speakers, strict=True) if s not in self.speakers]
+        self.speakers |= _speaker_moments([x for x, _ in new], [s for _, s in new])
 
     def __call__(self, x: Tensor, speaker: str | None = None) -> Tensor:
         if self.mode == "none":

@@ -3,7 +3,7 @@ masks), and the split datasets of :class:`~mtl_lightning.data.audio.AudioFeature
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mtl_lightning.data.image_sets import sample_seed
 from mtl_lightning.data.normalize import FeatureNorm
 from mtl_lightning.data.vocab import LabelVocab
 
@@ -51,9 +52,13 @@ class UtteranceDataset(Dataset):
     """Features ``[F, T_i]`` of utterances with per-task labels, normalised when read.
 
     Items are ``{"features": [1, F, T], "targets": {task: label}, "index": row}``. With
-    ``crop_frames`` every item has ``T = crop_frames`` (a random window when ``train``, the
-    centre otherwise; shorter utterances are zero-padded, i.e. padded with the mean after
-    normalisation); without it, items keep their length and :func:`pad_collate` pads batches.
+    ``crop_frames`` every item has ``T = crop_frames``: the centre, or in ``train`` with a key
+    ``(index, epoch)`` (from :class:`~mtl_lightning.data.image_sets.EpochTaggedSampler`) a
+    random window drawn from :func:`~mtl_lightning.data.image_sets.sample_seed` ``(seed,
+    epoch, index)``, so a sample's crop is the same with any number of workers or processes and
+    in a resumed run, and the global RNG is not touched. Shorter utterances are zero-padded,
+    i.e. padded with the mean after normalisation. Without ``crop_frames``, items keep their
+    length and :func:`pad_collate` pads batches.
     Targets are looked up at read time, so re-encoding labels (a checkpoint's vocabulary)
     after construction takes effect.
 
@@ -73,7 +78,9 @@ class UtteranceDataset(Dataset):
         rows: Sequence[int],
         crop_frames: int | None = None,
         train: bool = False,
+        seed: int = 0,
     ) -> None:
+        self.seed = seed
         self.features = list(features)
         self.targets = dict(targets)
         self.norm = norm
@@ -85,12 +92,17 @@ class UtteranceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.features)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        x = self.norm(self.features[index], self.speakers[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        x = self.features[index]
+        if not isinstance(x, Tensor):  # a handle to stored features (streaming): read them
+            x = x.load()
+        x = self.norm(x, self.speakers[index])
         if self.crop_frames is not None:
             start = None
-            if self.train and x.shape[-1] > self.crop_frames:
-                start = int(torch.randint(0, x.shape[-1] - self.crop_frames + 1, ()).item())
+            if self.train and epoch is not None and x.shape[-1] > self.crop_frames:
+                g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+                start = int(torch.randint(0, x.shape[-1] - self.crop_frames + 1, (), generator=g))
             x = crop_or_pad(x, self.crop_frames, start)
         return {
             "features": x.unsqueeze(0),
@@ -142,12 +154,17 @@ def build_datasets(
     members: Mapping[str, list[int]],
     crop_frames: int | None,
     unknown: Literal["raise", "missing"] = "raise",
+    order: Callable[[int], Any] | None = None,
+    seed: int = 0,
 ) -> dict[str, UtteranceDataset]:
-    """One dataset per split in ``members`` and ``all`` (every member row, in row order);
-    labels encoded with ``vocab`` (``unknown`` as in :meth:`LabelVocab.encode`), random crops
-    in ``train`` only."""
+    """One dataset per split in ``members`` and ``all`` (every member row); rows in row order,
+    or sorted by ``order(row)`` (streaming: by storage location, so that reading a split in
+    order reads each chunk once); labels encoded with ``vocab`` (``unknown`` as in
+    :meth:`LabelVocab.encode`), random crops in ``train`` only."""
     datasets = {}
-    for name, idx in [*members.items(), ("all", sorted(sum(members.values(), [])))]:
+    splits = [*members.items(), ("all", sorted(sum(members.values(), [])))]
+    for name, rows in splits:
+        idx = rows if order is None else sorted(rows, key=order)
         datasets[name] = UtteranceDataset(
             [features[i] for i in idx],  # type: ignore[misc]
             {t: vocab.encode(t, [labels[t][i] for i in idx], unknown) for t in labels},
@@ -156,5 +173,6 @@ def build_datasets(
             idx,
             crop_frames=crop_frames,
             train=name == "train",
+            seed=seed,
         )
     return datasets

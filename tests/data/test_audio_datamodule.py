@@ -316,9 +316,17 @@ def test_crops_are_random_in_training_and_centred_in_evaluation(corpus, tmp_path
     dm = _dm(corpus, _shared(corpus), crop_frames=20, normalize="none")
     dm.setup("fit")
     train, val = dm.datasets["train"], dm.datasets["val"]
-    torch.manual_seed(0)
-    crops = {tuple(train[0]["features"][0, 0, :3].tolist()) for _ in range(8)}
-    assert len(crops) > 1 and train[0]["features"].shape == (1, 32, 20)
+    # seeded per (sample, epoch): new crops each epoch, the same crop for the same key, and the
+    # global RNG (dropout's) untouched
+    state = torch.random.get_rng_state()
+    crops = {tuple(train[(0, epoch)]["features"][0, 0, :3].tolist()) for epoch in range(8)}
+    assert len(crops) > 1 and train[(0, 3)]["features"].shape == (1, 32, 20)
+    assert torch.equal(train[(0, 3)]["features"], train[(0, 3)]["features"])
+    assert torch.equal(torch.random.get_rng_state(), state)
+    other_seed = type(train)(train.features, train.targets, train.norm, train.speakers,
+                             train.rows, crop_frames=20, train=True, seed=1)  # fmt: skip
+    assert not all(torch.equal(other_seed[(0, e)]["features"], train[(0, e)]["features"])
+                   for e in range(8))  # fmt: skip
     full = val.features[0]
     start = (full.shape[-1] - 20) // 2
     assert torch.equal(val[0]["features"][0], full[:, start : start + 20])
