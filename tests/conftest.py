@@ -78,6 +78,7 @@ SLOW_FILES = [
     "images/test_image_runs.py",
     "test_benchmarks.py",
     "test_fail_fast.py",
+    "data/test_audio_streaming_runs.py",
     "test_resume_epoch_window.py",
     "test_docs_pages.py",
     "test_notebooks.py",
