@@ -26,7 +26,6 @@ chunks whatever the corpus size, and reading in storage order decodes each chunk
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import multiprocessing as mp
@@ -118,7 +117,7 @@ class ShardPart:
 
     def chunk_of(self, item: int) -> int:
         """The chunk holding ``item``."""
-        return bisect.bisect_right(self.starts.tolist(), item) - 1
+        return int(np.searchsorted(self.starts, item, side="right")) - 1
 
     def decode_chunk(self, chunk: int) -> list[Tensor]:
         """Every item of ``chunk``, as float32 tensors ``[n_features, frames]``."""
@@ -138,14 +137,16 @@ class ShardPart:
 class ShardItem:
     """Where one utterance's features are stored: stands for the tensor until it is read.
 
-    ``shape`` is known without reading (``[n_features, frames]``); :meth:`load` reads it.
+    ``shape`` is known without reading (``(n_features, frames)``); :meth:`load` reads it.
     """
 
     __slots__ = ("chunk", "item", "part", "shape")
 
-    def __init__(self, part: ShardPart, item: int, shape: tuple[int, int]) -> None:
-        self.part, self.item, self.shape = part, item, torch.Size(shape)
-        self.chunk = part.chunk_of(item)
+    def __init__(
+        self, part: ShardPart, item: int, shape: tuple[int, int], chunk: int | None = None
+    ) -> None:
+        self.part, self.item, self.shape = part, item, shape
+        self.chunk = part.chunk_of(item) if chunk is None else chunk
 
     @property
     def location(self) -> tuple[str, int]:
@@ -195,10 +196,11 @@ def _read_parts(root: Path) -> dict[str, ShardItem]:
         if not (part_dir / "items.json").is_file():
             continue
         part = ShardPart(part_dir)
-        for item, (key, n_features, frames) in enumerate(
-            json.loads((part_dir / "items.json").read_text())
-        ):
-            found[key] = ShardItem(part, item, (n_features, frames))
+        listing = json.loads((part_dir / "items.json").read_text())
+        chunks = np.searchsorted(part.starts, np.arange(len(listing)), side="right") - 1
+        for item, (entry, chunk) in enumerate(zip(listing, chunks.tolist(), strict=True)):
+            key, n_features, frames = entry
+            found[key] = ShardItem(part, item, (n_features, frames), chunk)
     return found
 
 
@@ -251,7 +253,7 @@ def write_shards(
         >>> result = write_shards([d / "a.npy", d / "gone.wav"], FeatureSpec(), d / "shards",
         ...                       progress=False)
         >>> result.features[0].shape, result.features[0].load().sum().item(), result.errors
-        (torch.Size([3, 5]), 15.0, {1: 'file not found'})
+        ((3, 5), 15.0, {1: 'file not found'})
         >>> write_shards([d / "a.npy"], FeatureSpec(), d / "shards", progress=False).cached
         1
     """

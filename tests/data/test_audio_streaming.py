@@ -203,3 +203,27 @@ def test_checkpoint_state_and_restore(corpus, tmp_path):
     restored.setup("test")
     torch.testing.assert_close(restored.norm.mean, streaming.norm.mean)
     assert restored.vocab.names == streaming.vocab.names
+
+
+def test_conditions_missing_labels_and_the_manifest_split_stream_as_they_load(corpus, tmp_path):
+    from test_audio_conditions import CONDITIONS, _seed_manifest
+
+    manifest = _seed_manifest(corpus, tmp_path)
+    options = {
+        "label_columns": ["emotion", "speaker", "seed", "quality"],
+        "partial_tasks": ["seed", "quality"],
+        "conditions": CONDITIONS,
+        "audio_root": str(corpus.parent),
+        "split": "manifest",
+        "crop_frames": 32,
+    }
+    memory, streaming = _pair(manifest, tmp_path, **options)
+    assert streaming.tasks == memory.tasks  # quality: 3 classes, only where seed is yes
+    for split in ("train", "val"):
+        want, got = _by_row(memory.datasets[split]), _by_row(streaming.datasets[split])
+        assert got.keys() == want.keys()
+        for row, item in want.items():
+            assert got[row]["targets"] == item["targets"], (split, row)  # -100 where missing
+    missing = [r for r, i in _by_row(streaming.datasets["val"]).items()
+               if int(i["targets"]["quality"]) == -100]  # fmt: skip
+    assert missing and len(missing) < len(streaming.datasets["val"])
