@@ -73,6 +73,15 @@ def machine() -> dict[str, Any]:
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak resident memory. On Linux ``VmHWM``: ``ru_maxrss`` survives
+    ``exec``, so a child would report its parent's peak (the runner's torch import) when that is
+    higher than its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20  # KiB on Linux, B on macOS
 

@@ -88,6 +88,7 @@ class _ChunkCache:
 
 
 _CACHE = _ChunkCache()
+_OPEN: list[ShardPart] = []  # the part whose LitData reader is open in this process
 
 
 def set_chunk_cache_size(size: int) -> None:
@@ -126,7 +127,12 @@ class ShardPart:
         if self._reader is None:
             from litdata import StreamingDataset
 
+            # one reader open per process: LitData's keeps chunks memory-mapped and a window of
+            # decoded items, which would add up over the parts of a large corpus
+            if _OPEN and _OPEN[0] is not self:
+                _OPEN.pop()._reader = None
             self._reader = StreamingDataset(self.root)
+            _OPEN[:] = [self]
         start, stop = int(self.starts[chunk]), int(self.starts[chunk + 1])
         # by chunk and global index: a plain int or slice would be read as an index into this
         # rank's share of the dataset under DDP (LitData's own sharding, not used here)
