@@ -47,6 +47,11 @@ def test_benchmark_runner_tiny(tmp_path):
         ("gradient_path", "dense K=2: hand K-pass"),
         ("audio_throughput", "extract log-mel, 2 worker(s)"),
         ("audio_throughput", "loading / step (cached epoch), per batch"),
+        ("streaming", "in-memory 1x: peak RSS"),
+        ("streaming", "streaming 10x: peak RSS"),
+        ("streaming", "streaming 10x: data RSS (peak - after imports)"),
+        ("streaming", "training step, streaming loader (1x, whole utterances)"),
+        ("streaming", "write shards (log-mel 40, 2 workers): streaming"),
     } <= settings, settings
 
 
