@@ -56,6 +56,25 @@ class Interleaved(pl.Callback):
         self._end = (time.process_time(), time.perf_counter())
 
 
+def timing_trainer(
+    max_steps: int, callbacks: list[pl.Callback], accelerator: str = "cpu"
+) -> pl.Trainer:
+    """A one-device Trainer that only trains: no validation, logger, checkpoints, progress bar
+    or summary, so a timed step holds nothing but the step."""
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator=accelerator,
+        devices=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        callbacks=callbacks,
+    )
+
+
 def fit_interleaved(
     model: pl.LightningModule,
     data: pl.LightningDataModule,
@@ -73,18 +92,9 @@ def fit_interleaved(
     every clock reading waits for the device (the wall times are the ones that count there).
     """
     timer = Interleaved(contenders, warmup, cuda=accelerator == "gpu")
-    trainer = pl.Trainer(
-        max_steps=steps + warmup + 1,  # the last step has no next batch start to end its timing
-        accelerator=accelerator,  # the contenders run on the same device
-        devices=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        callbacks=[timer, *callbacks],  # the timer first: its hook starts the step
-    )
+    # the last step has no next batch start to end its timing; the contenders run on the same
+    # device; the timer first: its hook starts the step
+    trainer = timing_trainer(steps + warmup + 1, [timer, *callbacks], accelerator)
     trainer.fit(model, data)
     n = min(len(v) for v in timer.times.values())
     result: dict[str, float] = {}

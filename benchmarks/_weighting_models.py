@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from benchmarks._interleave import cycle
+from benchmarks._interleave import cycle, timing_trainer
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.data import SyntheticTabularDataModule, TensorTaskDataset
 from mtl_lightning.nn import DenseTrunk
@@ -103,18 +103,8 @@ class SteppedFit:
         self._go, self._paused = threading.Semaphore(0), threading.Semaphore(0)
         self._stopping = self._ended = False
         self._error: BaseException | None = None
-        trainer = pl.Trainer(
-            max_steps=max_steps + 1,  # close() stops it at the start of the step after the last
-            accelerator="cpu",
-            devices=1,
-            limit_val_batches=0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=10,
-            callbacks=[_Gate(self)],
-        )
+        # close() stops it at the start of the step after the last
+        trainer = timing_trainer(max_steps + 1, [_Gate(self)])
         args = (trainer, model, loader, torch.get_num_threads())
         self._thread = threading.Thread(target=self._fit, args=args, daemon=True)
         self._thread.start()
