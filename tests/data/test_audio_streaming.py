@@ -126,6 +126,15 @@ def test_shards_are_written_once_reused_and_extended(corpus, tmp_path):
     grown.setup("fit")
     assert (grown.extraction.computed, grown.extraction.cached) == (1, n)
     assert len(list(digest.glob("part-*"))) == 2
+    # one LitData reader open at a time: reading the second part closes the first's
+    items = grown.datasets["all"].features
+    first, second = sorted({x.part for x in items}, key=lambda p: p.root)
+    shard_io._CACHE.chunks.clear()  # decoded chunks would be read without a reader
+    next(x for x in items if x.part is first).load()
+    assert first._reader is not None
+    shard_io._CACHE.chunks.clear()
+    next(x for x in items if x.part is second).load()
+    assert first._reader is None and second._reader is not None
     # other feature parameters: other shards, beside the first
     other = make(n_mels=24)
     other.setup("fit")
