@@ -134,22 +134,40 @@ def warn_missing_classes(
         >>> str(w[0].message)
         "task 'a': class 2 occurs in the val split (1 sample(s)) but never in the training split"
     """
+
+    def counts(labels: Tensor) -> dict[int, int]:
+        classes, n = torch.unique(labels, return_counts=True)
+        return dict(zip(classes.tolist(), n.tolist(), strict=True))
+
+    names = {t.name for t in tasks if t.is_classification}
+    return warn_missing_class_counts(
+        {k: counts(v) for k, v in train.items() if k in names},
+        {s: {k: counts(v) for k, v in t.items() if k in names} for s, t in others.items()},
+        tasks,
+    )
+
+
+def warn_missing_class_counts(
+    train: Mapping[str, Mapping[int, int]],
+    others: Mapping[str, Mapping[str, Mapping[int, int]]],
+    tasks: Sequence[TaskSpec],
+) -> list[tuple[str, str, int]]:
+    """:func:`warn_missing_classes` from the number of samples of each class per split and task
+    (for data that is not in memory)."""
     found = []
     for task in tasks:
         if not task.is_classification or task.name not in train:
             continue
-        seen = set(train[task.name].tolist())
+        seen = {c for c, n in train[task.name].items() if n > 0}
         for split, targets in others.items():
-            if task.name not in targets:
-                continue
-            labels = targets[task.name]
-            for cls in sorted(set(labels.tolist()) - seen - {-100}):
-                count = int((labels == cls).sum())
+            for cls, count in sorted(targets.get(task.name, {}).items()):
+                if cls in seen or cls == -100 or count == 0:
+                    continue
                 warnings.warn(
                     f"task {task.name!r}: class {cls} occurs in the {split} split "
                     f"({count} sample(s)) but never in the training split",
                     MissingClassWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
                 found.append((split, task.name, int(cls)))
     return found

@@ -16,6 +16,7 @@ from mtl_lightning.data.seeds import SyntheticSeedDataModule
 from mtl_lightning.data.synthetic import SyntheticSpeechDataModule, make_speech_features
 from mtl_lightning.data.tabular import SinCosDataModule, SyntheticTabularDataModule
 from mtl_lightning.data.tabular_files import TabularDataModule, write_example_table
+from mtl_lightning.data.tabular_streaming import StreamingTabularDataModule
 
 __all__ = [
     "AudioFeatureDataModule",
@@ -28,6 +29,7 @@ __all__ = [
     "ResumableSampler",
     "SinCosDataModule",
     "StreamingAudioFeatureDataModule",
+    "StreamingTabularDataModule",
     "SyntheticSeedDataModule",
     "SyntheticSpeechDataModule",
     "SyntheticTabularDataModule",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-__all__ = ["fold_label", "label_problems", "near_duplicate"]
+__all__ = ["LabelPlaces", "fold_label", "label_problems", "near_duplicate"]
 
 _MAX_LINES = 8
 
@@ -72,12 +72,58 @@ def near_duplicate(a: str, b: str) -> bool:
     return _one_edit(fa, fb)
 
 
-def _lines(lines: Sequence[int | str]) -> str:
-    """``"line(s) 2, 3"`` for line numbers, the places as given otherwise (``"row 4"``)."""
+def _lines(lines: Sequence[int | str], count: int | None = None) -> str:
+    """``"line(s) 2, 3"`` for line numbers, the places as given otherwise (``"row 4"``);
+    ``count``: the label's rows when ``lines`` holds only the first of them."""
     head = ", ".join(str(n) for n in lines[:_MAX_LINES])
-    more = len(lines) - _MAX_LINES
+    more = (len(lines) if count is None else count) - _MAX_LINES
     kind = "line(s) " if all(isinstance(n, int) for n in lines) else ""
     return kind + head + (f", ... ({more} more)" if more > 0 else "")
+
+
+class LabelPlaces:
+    """Per label, its number of rows and the first places where it is: what
+    :func:`label_problems` reports, gathered a block of rows at a time (memory per label, not
+    per row).
+
+    Example:
+        >>> places = LabelPlaces()
+        >>> places.add(["happy", None, "Happy "], [2, 3, 4]); places.add(["happy"], [5])
+        >>> places.problems("emotion", min_count=2)[0]
+        "emotion: label 'Happy ' is seen in 1 row(s) (fewer than min_label_count 2): line(s) 4"
+    """
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = defaultdict(int)
+        self.first: dict[str, list[int | str]] = defaultdict(list)
+
+    def add(self, labels: Sequence[str | None], lines: Sequence[int | str]) -> None:
+        """Count ``labels`` (``None`` = missing, not counted), one per row at ``lines``."""
+        for label, line in zip(labels, lines, strict=True):
+            if label is not None:
+                self.count[label] += 1
+                if len(self.first[label]) < _MAX_LINES:
+                    self.first[label].append(line)
+
+    def problems(self, task: str, min_count: int = 2, near_duplicates: bool = True) -> list[str]:
+        """One message per rare label and per pair of near-duplicate labels of ``task``."""
+        messages = [
+            f"{task}: label {label!r} is seen in {n} row(s) (fewer than min_label_count "
+            f"{min_count}): {_lines(self.first[label], n)}"
+            for label, n in sorted(self.count.items())
+            if n < min_count
+        ]
+        if near_duplicates:
+            for a, b in _candidate_pairs(sorted(self.count)):
+                if near_duplicate(a, b):
+                    messages.append(
+                        f"{task}: labels {a!r} and {b!r} look like one label written two ways: "
+                        f"{a!r} at {self._at(a)}; {b!r} at {self._at(b)}"
+                    )
+        return messages
+
+    def _at(self, label: str) -> str:
+        return _lines(self.first[label], self.count[label])
 
 
 def label_problems(
@@ -100,24 +146,9 @@ def label_problems(
         >>> label_problems("emotion", ["happy", "happy", "Happy ", "sad", "sad"], [2, 3, 4, 5, 6])
         ["emotion: label 'Happy ' is seen in 1 row(s) (fewer than min_label_count 2): line(s) 4", "emotion: labels 'Happy ' and 'happy' look like one label written two ways: 'Happy ' at line(s) 4; 'happy' at line(s) 2, 3"]
     """
-    where: dict[str, list[int | str]] = defaultdict(list)
-    for label, line in zip(labels, lines, strict=True):
-        if label is not None:
-            where[label].append(line)
-    messages = [
-        f"{task}: label {label!r} is seen in {len(at)} row(s) (fewer than min_label_count "
-        f"{min_count}): {_lines(at)}"
-        for label, at in sorted(where.items())
-        if len(at) < min_count
-    ]
-    if near_duplicates:
-        for a, b in _candidate_pairs(sorted(where)):
-            if near_duplicate(a, b):
-                messages.append(
-                    f"{task}: labels {a!r} and {b!r} look like one label written two ways: "
-                    f"{a!r} at {_lines(where[a])}; {b!r} at {_lines(where[b])}"
-                )
-    return messages
+    places = LabelPlaces()
+    places.add(labels, lines)
+    return places.problems(task, min_count, near_duplicates)
 
 
 def _candidate_pairs(names: Sequence[str]) -> list[tuple[str, str]]:

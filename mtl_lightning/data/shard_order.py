@@ -3,14 +3,14 @@ number of processes, resumable mid-epoch."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from mtl_lightning.data.base import ResumableSampler
 
-__all__ = ["ShardSampler", "chunk_local_order"]
+__all__ = ["ShardSampler", "chunk_local_order", "contiguous_chunks", "lane_order"]
 
 
 def chunk_local_order(
@@ -32,12 +32,32 @@ def chunk_local_order(
         >>> sorted(order) == list(range(8)), len(even), even.isdisjoint(odd)
         (True, 2, True)
     """
-    if lanes < 1 or window < 1:
-        raise ValueError(f"lanes and window must be >= 1, got {lanes} and {window}")
     groups: dict[Hashable, list[int]] = {}
     for i, c in enumerate(chunks):
         groups.setdefault(c, []).append(i)
-    members = list(groups.values())
+    members = [np.asarray(m, dtype=np.int64) for m in groups.values()]
+    return lane_order(members, seed, lanes, window).tolist()
+
+
+def contiguous_chunks(n: int, size: int) -> list[np.ndarray]:
+    """The members of chunks of ``size`` consecutive samples (the last may be shorter).
+
+    Example:
+        >>> [m.tolist() for m in contiguous_chunks(5, 2)]
+        [[0, 1], [2, 3], [4]]
+    """
+    if size < 1:
+        raise ValueError(f"a chunk holds at least 1 sample, got {size}")
+    return [np.arange(s, min(s + size, n), dtype=np.int64) for s in range(0, n, size)]
+
+
+def lane_order(
+    members: Sequence[np.ndarray], seed: int, lanes: int = 4, window: int = 4
+) -> np.ndarray:
+    """:func:`chunk_local_order` of chunks given by their members (sample indices), as an
+    array: 8 bytes per sample, whatever the number of samples."""
+    if lanes < 1 or window < 1:
+        raise ValueError(f"lanes and window must be >= 1, got {lanes} and {window}")
     g = torch.Generator().manual_seed(seed)
     dealt: list[list[int]] = [[] for _ in range(lanes)]
     loads = [0] * lanes
@@ -45,18 +65,17 @@ def chunk_local_order(
         lane = loads.index(min(loads))
         dealt[lane].append(c)
         loads[lane] += len(members[c])
-    streams = []
-    for lane_chunks in dealt:
-        stream: list[int] = []
+    streams, keys = [], []
+    for lane, lane_chunks in enumerate(dealt):
+        pieces = []
         for start in range(0, len(lane_chunks), window):
-            idx = torch.tensor(
-                [i for c in lane_chunks[start : start + window] for i in members[c]],
-                dtype=torch.long,
-            )
-            stream += idx[torch.randperm(len(idx), generator=g)].tolist()
+            idx = np.concatenate([members[c] for c in lane_chunks[start : start + window]])
+            pieces.append(idx[torch.randperm(len(idx), generator=g).numpy()])
+        stream = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
         streams.append(stream)
-    longest = max(len(s) for s in streams)
-    return [s[k] for k in range(longest) for s in streams if k < len(s)]
+        keys.append(np.arange(len(stream), dtype=np.int64) * lanes + lane)
+    # the lanes interleaved sample by sample: position k of every lane, lane by lane
+    return np.concatenate(streams)[np.argsort(np.concatenate(keys), kind="stable")]
 
 
 class ShardSampler(ResumableSampler):
@@ -83,7 +102,7 @@ class ShardSampler(ResumableSampler):
     def __init__(
         self,
         dataset: Sequence[object],
-        chunks: Sequence[Hashable],
+        chunks: Sequence[Hashable] | int,
         lanes: int = 4,
         window: int = 4,
         shuffle: bool = True,
@@ -92,27 +111,35 @@ class ShardSampler(ResumableSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if len(chunks) != len(dataset):
-            raise ValueError(f"{len(chunks)} chunk names for {len(dataset)} samples")
+        if isinstance(chunks, int):  # consecutive samples: chunks of that many
+            self.members = contiguous_chunks(len(dataset), chunks)
+        else:
+            if len(chunks) != len(dataset):
+                raise ValueError(f"{len(chunks)} chunk names for {len(dataset)} samples")
+            groups: dict[Hashable, list[int]] = {}
+            for i, c in enumerate(chunks):
+                groups.setdefault(c, []).append(i)
+            self.members = [np.asarray(m, dtype=np.int64) for m in groups.values()]
+        if lanes < 1 or window < 1:
+            raise ValueError(f"lanes and window must be >= 1, got {lanes} and {window}")
         super().__init__(dataset, shuffle, seed, drop_last, num_replicas, rank)
-        self.chunks, self.lanes, self.window = list(chunks), lanes, window
+        self.lanes, self.window = lanes, window
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         epoch = int(self.epoch)
-        return ((i, epoch) for i in self._indices())
+        return ((i, epoch) for i in self._indices().tolist())
 
-    def _indices(self) -> list[int]:
+    def _indices(self) -> np.ndarray:
         skip, self._skip = self._skip, 0
-        n = len(self.chunks)
+        n = sum(len(m) for m in self.members)
         if self.shuffle:
-            indices = chunk_local_order(
-                self.chunks, self.seed + self.epoch, self.lanes, self.window
-            )
+            indices = lane_order(self.members, self.seed + self.epoch, self.lanes, self.window)
         else:
-            indices = list(range(n))
+            indices = np.arange(n, dtype=np.int64)
         if not self.drop_last:  # DistributedSampler's padding: repeat the start of the order
             padding = self.total_size - len(indices)
-            indices += (indices * math.ceil(padding / max(len(indices), 1)))[:padding]
+            if padding > 0:
+                indices = np.concatenate([indices, np.resize(indices, padding)])
         else:
             indices = indices[: self.total_size]
         return indices[self.rank : self.total_size : self.num_replicas][skip:]

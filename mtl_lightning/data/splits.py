@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Split", "speaker_disjoint_split", "stratified_split"]
+__all__ = ["SPLIT_NAMES", "Split", "speaker_disjoint_split", "stratified_codes", "stratified_split"]
 
 
 @dataclass(frozen=True)
@@ -40,20 +40,40 @@ def stratified_split(
         >>> [s.names.count(k) for k in ("train", "val", "test")]
         [14, 4, 2]
     """
+    names, codes = np.unique(np.asarray(list(labels), dtype=object), return_inverse=True)
+    split = stratified_codes(codes.reshape(-1), len(names), val_fraction, test_fraction, seed)
+    return Split([SPLIT_NAMES[k] for k in split.tolist()], [False] * len(labels))
+
+
+#: the split of a code of :func:`stratified_codes`
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def stratified_codes(
+    strata: np.ndarray, n_strata: int, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """:func:`stratified_split` on integer strata ``0 .. n_strata - 1`` (numbered in the sorted
+    order of their names), as split codes (0 train, 1 val, 2 test): the same split for the
+    same seed, in a few bytes per row.
+
+    Example:
+        >>> stratified_codes(np.array([0] * 10 + [1] * 10), 2, 0.2, 0.1, seed=0).tolist().count(1)
+        4
+    """
     _check_fractions(val_fraction, test_fraction)
     rng = np.random.default_rng(seed)
-    names = ["train"] * len(labels)
-    by_class: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(labels):
-        by_class[label].append(i)
-    for label in sorted(by_class):
-        rows = [by_class[label][j] for j in rng.permutation(len(by_class[label]))]
+    out = np.zeros(len(strata), dtype=np.uint8)
+    order = np.argsort(strata, kind="stable")
+    bounds = np.searchsorted(strata[order], np.arange(n_strata + 1))
+    for c in range(n_strata):
+        members = order[bounds[c] : bounds[c + 1]]
+        if not len(members):
+            continue
+        rows = members[rng.permutation(len(members))]
         n_val, n_test = _count(len(rows), val_fraction), _count(len(rows), test_fraction)
-        for i in rows[:n_val]:
-            names[i] = "val"
-        for i in rows[n_val : n_val + n_test]:
-            names[i] = "test"
-    return Split(names, [False] * len(labels))
+        out[rows[:n_val]] = 1
+        out[rows[n_val : n_val + n_test]] = 2
+    return out
 
 
 def speaker_disjoint_split(

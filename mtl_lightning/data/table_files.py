@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from mtl_lightning.data.encodings import decode_text
 from mtl_lightning.data.manifest import ManifestError, RowProblem
 
 __all__ = ["SUFFIXES", "Table", "TableProblem", "feature_matrix", "read_table"]
+__all__ += ["arrow_table", "check_header", "delimited_blocks", "numpy_columns"]
 
 #: file suffixes read, and how
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": "parquet", ".pq": "parquet"}
@@ -118,7 +119,7 @@ def read_table(
     return _read_delimited(path, kind, encoding)
 
 
-def _check_header(path: Path, header: list[str]) -> None:
+def check_header(path: Path, header: list[str]) -> None:
     empty = [i + 1 for i, h in enumerate(header) if not h]
     repeated = sorted({h for h in header if header.count(h) > 1})
     if empty or repeated:
@@ -132,15 +133,26 @@ def _check_header(path: Path, header: list[str]) -> None:
 
 
 def _read_delimited(path: Path, delimiter: str, encoding: str | None) -> Table:
-    reader = csv.reader(io.StringIO(decode_text(path, encoding), newline=""), delimiter=delimiter)
+    text = io.StringIO(decode_text(path, encoding), newline="")
+    return next(delimited_blocks(path, text, delimiter, None))
+
+
+def delimited_blocks(
+    path: Path, lines: Iterable[str], delimiter: str, block_rows: int | None
+) -> Iterator[Table]:
+    """The rows of CSV/TSV text ``lines`` as tables of ``block_rows`` rows (``None``: one table);
+    the last may be shorter, and a file with only a header yields one empty table. A row with
+    the wrong number of cells is a problem of the block it falls in."""
+    reader = csv.reader(lines, delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise ManifestError(f"{path}: the file is empty (no header, no rows)") from None
-    _check_header(path, header)
+    check_header(path, header)
     cells: list[list[str | None]] = []
-    lines: list[int] = []
+    lines_at: list[int] = []
     problems: list[TableProblem] = []
+    yielded = False
     start = reader.line_num + 1
     try:
         for record in reader:
@@ -152,9 +164,23 @@ def _read_delimited(path: Path, delimiter: str, encoding: str | None) -> Table:
                 problems.append(TableProblem(line, "", reason))
                 continue
             cells.append([c.strip() or None for c in record])
-            lines.append(line)
+            lines_at.append(line)
+            if len(cells) == block_rows:
+                yield _cells_table(path, header, cells, lines_at, problems)
+                cells, lines_at, problems, yielded = [], [], [], True
     except csv.Error as error:
         raise ManifestError(f"{path}: line {start}: cannot parse the row: {error}") from None
+    if cells or problems or not yielded:
+        yield _cells_table(path, header, cells, lines_at, problems)
+
+
+def _cells_table(
+    path: Path,
+    header: list[str],
+    cells: list[list[str | None]],
+    lines: list[int],
+    problems: list[TableProblem],
+) -> Table:
     data = {h: np.array([row[j] for row in cells], dtype=object) for j, h in enumerate(header)}
     return Table(path, header, data, lines, "line", problems)
 
@@ -171,7 +197,15 @@ def _read_parquet(path: Path) -> Table:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as error:
         raise ManifestError(f"{path}: not a readable Parquet file: {error}") from None
-    _check_header(path, list(table.column_names))
+    check_header(path, list(table.column_names))
+    return arrow_table(path, table, 0)
+
+
+def arrow_table(path: Path, table: Any, start: int) -> Table:
+    """A pyarrow ``Table`` or ``RecordBatch`` whose first row is row ``start + 1`` of ``path``:
+    numeric and boolean columns without nulls as arrays, the others as cells."""
+    import pyarrow as pa
+
     data: dict[str, np.ndarray] = {}
     for name in table.column_names:
         column = table.column(name)
@@ -180,7 +214,8 @@ def _read_parquet(path: Path) -> Table:
             data[name] = column.to_numpy()
         else:
             data[name] = _cells(column.to_pylist())
-    return Table(path, list(table.column_names), data, list(range(1, table.num_rows + 1)), "row")
+    lines = list(range(start + 1, start + table.num_rows + 1))
+    return Table(path, list(table.column_names), data, lines, "row")
 
 
 def _cells(values: Sequence[Any]) -> np.ndarray:
@@ -202,7 +237,7 @@ def _read_numpy(path: Path, columns: Sequence[str] | None) -> Table:
                 arrays = {k: loaded[k] for k in loaded.files}
     except (ValueError, OSError, EOFError) as error:
         raise ManifestError(f"{path}: cannot read the NumPy arrays: {error}") from None
-    data = _numpy_columns(path, arrays, columns)
+    data = numpy_columns(path, arrays, columns)
     if not data:
         raise ManifestError(f"{path}: the file holds no arrays")
     lengths = {k: len(v) for k, v in data.items()}
@@ -212,7 +247,7 @@ def _read_numpy(path: Path, columns: Sequence[str] | None) -> Table:
     return Table(path, list(data), data, list(range(1, n + 1)), "row")
 
 
-def _numpy_columns(
+def numpy_columns(
     path: Path, arrays: Mapping[str, np.ndarray], columns: Sequence[str] | None
 ) -> dict[str, np.ndarray]:
     data: dict[str, np.ndarray] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,12 @@ __all__ = [
     "check_labels",
     "mark_duplicates",
     "predict_part",
+    "raise_label_problems",
     "read_part",
     "report_parts",
     "require_rows",
     "resolve_features",
+    "vocab_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,8 +220,13 @@ def check_labels(
                 at = [f"{table.where(i)}{suffix}" for i in range(len(table))]
             where += at
         messages += label_problems(task.name, labels, where, min_count, near_duplicates)
+    raise_label_problems([p.table.source for p in parts.values()], messages)
+
+
+def raise_label_problems(sources: Sequence[Path], messages: Sequence[str]) -> None:
+    """Raise one :class:`ManifestError` listing ``messages`` (none: return)."""
     if messages:
-        source = ", ".join(sorted({str(p.table.source) for p in parts.values()}))
+        source = ", ".join(sorted({str(s) for s in sources}))
         listing = "\n".join(f"  {m}" for m in messages)
         raise ManifestError(
             f"{source}: suspicious labels (fix the cells; or set min_label_count / "
@@ -277,6 +284,11 @@ def build_vocab(parts: Mapping[str, Part], tasks: Sequence[TaskDecl]) -> LabelVo
         for d in tasks
         if d.is_classification
     }
+    return vocab_of(seen, tasks)
+
+
+def vocab_of(seen: Mapping[str, Iterable[str | None]], tasks: Sequence[TaskDecl]) -> LabelVocab:
+    """:func:`build_vocab` from the labels seen per classification task."""
     names = LabelVocab.build(seen).names
     names |= {d.name: list(d.classes) for d in tasks if d.classes is not None}
     for task, classes in names.items():
