@@ -79,6 +79,7 @@ SLOW_FILES = [
     "test_benchmarks.py",
     "test_fail_fast.py",
     "data/test_audio_streaming_runs.py",
+    "data/test_tabular_streaming_runs.py",
     "test_resume_epoch_window.py",
     "test_docs_pages.py",
     "test_notebooks.py",
