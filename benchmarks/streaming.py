@@ -228,25 +228,37 @@ def measure_rss(
 
 def step_times(manifest: Path, shard_dir: Path, sizes: Sizes) -> dict[str, list[list[float]]]:
     """``{kind: [fetch seconds, step seconds]}`` per timed step, the two loaders alternating."""
+    from mtl_lightning import MultiTaskModule
+
+    datamodules = {}
+    for kind in KINDS:
+        store = shard_dir if kind == "streaming" else shard_dir.with_name("cache-steps")
+        datamodules[kind] = make_datamodule(kind, str(manifest), str(store))
+    return timed_steps(datamodules, MultiTaskModule, sizes.warmup, sizes.steps)
+
+
+def timed_steps(
+    datamodules: dict[str, Any], make_model: Any, warmup: int, steps: int
+) -> dict[str, list[list[float]]]:
+    """``{kind: [fetch seconds, step seconds]}`` per timed step of a model (``make_model(tasks)``,
+    the same initial weights for each) trained on each datamodule's loader, alternating step by
+    step, one torch thread."""
     import torch
 
     from benchmarks._interleave import cycle
-    from mtl_lightning import MultiTaskModule
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     contenders = {}
-    for kind in KINDS:
-        store = shard_dir if kind == "streaming" else shard_dir.with_name("cache-steps")
-        dm = make_datamodule(kind, str(manifest), str(store))
+    for kind, dm in datamodules.items():
         dm.setup("fit")
         torch.manual_seed(0)  # the same initial weights for both
-        model = MultiTaskModule(dm.tasks).train()
+        model = make_model(dm.tasks).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         contenders[kind] = (model, optimizer, cycle(dm.train_dataloader()))
-    times: dict[str, list[list[float]]] = {k: [[], []] for k in KINDS}
+    times: dict[str, list[list[float]]] = {k: [[], []] for k in datamodules}
     try:
-        for i in range(sizes.warmup + sizes.steps):
+        for i in range(warmup + steps):
             for kind, (model, optimizer, batches) in contenders.items():
                 start = time.perf_counter()
                 batch = next(batches)
@@ -255,7 +267,7 @@ def step_times(manifest: Path, shard_dir: Path, sizes: Sizes) -> dict[str, list[
                 optimizer.zero_grad(set_to_none=True)
                 sum(losses.values()).backward()
                 optimizer.step()
-                if i >= sizes.warmup:
+                if i >= warmup:
                     times[kind][0].append(fetched - start)
                     times[kind][1].append(time.perf_counter() - start)
     finally:
@@ -337,7 +349,7 @@ def rss_rows(reports: dict[tuple[str, int], dict[str, Any]], n: int) -> list[Row
     return rows
 
 
-def step_rows(times: dict[str, list[list[float]]]) -> list[Row]:
+def step_rows(times: dict[str, list[list[float]]], what: str = "1x, whole utterances") -> list[Row]:
     """Median step time of each loader, ratio to the in-memory one (and the mean's ratio)."""
     median = {k: statistics.median(v[1]) for k, v in times.items()}
     mean = {k: statistics.fmean(v[1]) for k, v in times.items()}
@@ -350,7 +362,7 @@ def step_rows(times: dict[str, list[list[float]]]) -> list[Row]:
         )
         if kind == "streaming":
             note += "; target ratio <= 1.10"
-        setting = f"training step, {kind} loader (1x, whole utterances)"
+        setting = f"training step, {kind} loader ({what})"
         rows.append(
             _row(
                 setting,

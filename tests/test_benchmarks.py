@@ -52,6 +52,11 @@ def test_benchmark_runner_tiny(tmp_path):
         ("streaming", "streaming 10x: data RSS (peak - after imports)"),
         ("streaming", "training step, streaming loader (1x, whole utterances)"),
         ("streaming", "write shards (log-mel 40, 2 workers): streaming"),
+        ("streaming_tables", "streaming 10x read: peak RSS"),
+        ("streaming_tables", "streaming 10x write: peak RSS"),
+        ("streaming_tables", "in-memory 10x read: data RSS (peak - after imports)"),
+        ("streaming_tables", "training step, streaming loader (1x, dense five-task)"),
+        ("streaming_tables", "read the table: streaming (two passes + shards)"),
     } <= settings, settings
 
 

@@ -41,6 +41,7 @@ SHOWN_NOT_RUN = {
     "python -m benchmarks --json /tmp/benchmarks.json": "takes about 9 minutes; tests/test_benchmarks.py runs the same entry point with --tiny",
     "python -m benchmarks.lightning_overhead --model dense --steps 300 --trials 3": "about a minute of timing with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module on both models",
     "python -m benchmarks --only streaming": "about 3.5 minutes of measuring with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module, and tests/data/test_audio_streaming.py checks the chunk cache's bound",
+    "python -m benchmarks --only streaming_tables": "about 2 minutes of measuring with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module",
     "python -m benchmarks.gradient_path --trials 3 --steps 200": "about 2.5 minutes of timing with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module",
 }  # fmt: skip
 

@@ -61,7 +61,8 @@ class StreamingTabularDataModule(TabularDataModule):
         shard_dir: Folder of the shards (default ``.table_shards`` beside the table): local, or
             a folder every node reads.
         block_rows: Rows per stored block: the unit read and shuffled together.
-        chunk_bytes: Size of one LitData chunk file (e.g. ``"64MB"``).
+        chunk_bytes: Size of one LitData chunk file (e.g. ``"16MB"``): what a writer buffers
+            and a reader maps, a few per split.
         lanes: Blocks read side by side in training; a multiple of the number of processes
             lets each process read its own blocks only.
         shuffle_window: Blocks per lane whose rows are shuffled together.
@@ -86,7 +87,7 @@ class StreamingTabularDataModule(TabularDataModule):
         tasks: list[dict[str, Any]],
         shard_dir: str | None = None,
         block_rows: int = 1024,
-        chunk_bytes: str = "64MB",
+        chunk_bytes: str = "16MB",
         lanes: int = 4,
         shuffle_window: int = 4,
         **kwargs: Any,

@@ -87,3 +87,20 @@ def test_two_processes_equal_one_resume_is_exact_and_predict_names_lines(tmp_pat
         predicted = list(csv.DictReader(f))
     assert len(predicted) == 200 and predicted[0]["path"] == "line 2"
     assert {r["y3"] for r in predicted} <= {"0", "1", "2", "3"}
+
+
+STREAM_TABLE_FIT = "python -m mtl_lightning fit --config configs/tabular_five_tasks.yaml --data.class_path mtl_lightning.data.StreamingTabularDataModule"  # fmt: skip
+
+
+@pytest.mark.reproduce
+def test_the_streaming_table_command_as_written(tmp_path):
+    """docs/streaming.md's tabular fit, from a directory holding the repository's configs and the
+    table of docs/your-data.md: the shards are written beside it and every task is learned."""
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    write_example_table(tmp_path / "data" / "five_tasks.csv")
+    run_cli(tmp_path, STREAM_TABLE_FIT.split()[3:], timeout=600)
+    assert list((tmp_path / "data" / ".table_shards").glob("*/train/index.json"))
+    summary = json.loads((tmp_path / "lightning_logs" / "version_0" / "summary.json").read_text())
+    tasks = {t["task"]: t for t in summary["val"]["tasks"]}
+    assert sorted(tasks) == ["y1", "y2", "y3", "y4", "y5"]
+    assert all(t["verdict"] == "learned" for t in tasks.values()), tasks
