@@ -111,3 +111,37 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     return batch.to(device, non_blocking=True) if isinstance(batch, torch.Tensor) else batch
+
+
+def timed_steps(
+    datamodules: dict[str, Any], make_model: Any, warmup: int, steps: int
+) -> dict[str, list[list[float]]]:
+    """``{kind: [fetch seconds, step seconds]}`` per timed step of a model (``make_model(tasks)``,
+    the same initial weights for each) trained on each datamodule's loader, alternating step by
+    step, one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    contenders = {}
+    for kind, dm in datamodules.items():
+        dm.setup("fit")
+        torch.manual_seed(0)  # the same initial weights for both
+        model = make_model(dm.tasks).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        contenders[kind] = (model, optimizer, cycle(dm.train_dataloader()))
+    times: dict[str, list[list[float]]] = {k: [[], []] for k in datamodules}
+    try:
+        for i in range(warmup + steps):
+            for kind, (model, optimizer, batches) in contenders.items():
+                start = time.perf_counter()
+                batch = next(batches)
+                fetched = time.perf_counter()
+                losses = model.forward_losses(batch, i).losses
+                optimizer.zero_grad(set_to_none=True)
+                sum(losses.values()).backward()
+                optimizer.step()
+                if i >= warmup:
+                    times[kind][0].append(fetched - start)
+                    times[kind][1].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return times

@@ -228,6 +228,7 @@ def measure_rss(
 
 def step_times(manifest: Path, shard_dir: Path, sizes: Sizes) -> dict[str, list[list[float]]]:
     """``{kind: [fetch seconds, step seconds]}`` per timed step, the two loaders alternating."""
+    from benchmarks._interleave import timed_steps
     from mtl_lightning import MultiTaskModule
 
     datamodules = {}
@@ -235,44 +236,6 @@ def step_times(manifest: Path, shard_dir: Path, sizes: Sizes) -> dict[str, list[
         store = shard_dir if kind == "streaming" else shard_dir.with_name("cache-steps")
         datamodules[kind] = make_datamodule(kind, str(manifest), str(store))
     return timed_steps(datamodules, MultiTaskModule, sizes.warmup, sizes.steps)
-
-
-def timed_steps(
-    datamodules: dict[str, Any], make_model: Any, warmup: int, steps: int
-) -> dict[str, list[list[float]]]:
-    """``{kind: [fetch seconds, step seconds]}`` per timed step of a model (``make_model(tasks)``,
-    the same initial weights for each) trained on each datamodule's loader, alternating step by
-    step, one torch thread."""
-    import torch
-
-    from benchmarks._interleave import cycle
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    contenders = {}
-    for kind, dm in datamodules.items():
-        dm.setup("fit")
-        torch.manual_seed(0)  # the same initial weights for both
-        model = make_model(dm.tasks).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        contenders[kind] = (model, optimizer, cycle(dm.train_dataloader()))
-    times: dict[str, list[list[float]]] = {k: [[], []] for k in datamodules}
-    try:
-        for i in range(warmup + steps):
-            for kind, (model, optimizer, batches) in contenders.items():
-                start = time.perf_counter()
-                batch = next(batches)
-                fetched = time.perf_counter()
-                losses = model.forward_losses(batch, i).losses
-                optimizer.zero_grad(set_to_none=True)
-                sum(losses.values()).backward()
-                optimizer.step()
-                if i >= warmup:
-                    times[kind][0].append(fetched - start)
-                    times[kind][1].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return times
 
 
 def writing_speed(root: Path, sizes: Sizes) -> dict[str, tuple[float, float, float]]:

@@ -37,7 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.streaming import ROOT, _ratio, _reset_peak, _rss_mib, step_rows, timed_steps
+from benchmarks._interleave import timed_steps
+from benchmarks.streaming import ROOT, _ratio, _reset_peak, _rss_mib, step_rows
 
 warnings.filterwarnings("ignore")
 

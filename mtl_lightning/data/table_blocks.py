@@ -18,12 +18,12 @@ import numpy as np
 from mtl_lightning.data.encodings import encoding_error, open_text
 from mtl_lightning.data.manifest import ManifestError
 from mtl_lightning.data.table_files import (
-    SUFFIXES,
     Table,
     arrow_table,
     check_header,
     delimited_blocks,
     numpy_columns,
+    table_kind,
 )
 
 __all__ = ["iter_table_blocks"]
@@ -52,13 +52,7 @@ def iter_table_blocks(
     if block_rows < 1:
         raise ValueError(f"block_rows must be >= 1, got {block_rows}")
     path = Path(path)
-    kind = SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise ManifestError(
-            f"{path}: unknown table format {path.suffix!r}; use one of {sorted(SUFFIXES)}"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    kind = table_kind(path)
     if kind == "parquet":
         yield from _parquet_blocks(path, block_rows)
     elif kind == "numpy":

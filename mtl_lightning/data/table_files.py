@@ -25,7 +25,7 @@ from mtl_lightning.data.encodings import decode_text
 from mtl_lightning.data.manifest import ManifestError, RowProblem
 
 __all__ = ["SUFFIXES", "Table", "TableProblem", "feature_matrix", "read_table"]
-__all__ += ["arrow_table", "check_header", "delimited_blocks", "numpy_columns"]
+__all__ += ["arrow_table", "check_header", "delimited_blocks", "numpy_columns", "table_kind"]
 
 #: file suffixes read, and how
 SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".parquet": "parquet", ".pq": "parquet"}
@@ -105,6 +105,17 @@ def read_table(
         (['x0', 'y'], ['a', None], [2, 3], ['line 4: 1 cell(s), the header has 2 columns'])
     """
     path = Path(path)
+    kind = table_kind(path)
+    if kind == "parquet":
+        return _read_parquet(path)
+    if kind == "numpy":
+        return _read_numpy(path, columns)
+    return _read_delimited(path, kind, encoding)
+
+
+def table_kind(path: Path) -> str:
+    """How ``path`` is read (its :data:`SUFFIXES` entry); raise for an unknown suffix or a
+    missing file."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ManifestError(
@@ -112,11 +123,7 @@ def read_table(
         )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if kind == "parquet":
-        return _read_parquet(path)
-    if kind == "numpy":
-        return _read_numpy(path, columns)
-    return _read_delimited(path, kind, encoding)
+    return kind
 
 
 def check_header(path: Path, header: list[str]) -> None:
