@@ -1,4 +1,5 @@
-"""Metrics: per-task collections, confusion-matrix and multilabel metrics, and the baselines."""
+"""Metrics: per-task collections (one state per task, shared by its logged metrics),
+confusion-matrix and multilabel metrics, and the baselines."""
 
 from mtl_lightning.metrics.collection import (
     METRIC_KEYS,
@@ -11,6 +12,8 @@ from mtl_lightning.metrics.confusion import (
     ConfusionAccuracy,
     ConfusionBalancedAccuracy,
     ConfusionF1,
+    SharedConfusionBalancedAccuracy,
+    SharedConfusionF1,
     accuracy_from_confusion,
     balanced_accuracy_batched,
     balanced_accuracy_from_confusion,
@@ -22,11 +25,15 @@ from mtl_lightning.metrics.loss_mean import LossMean
 from mtl_lightning.metrics.majority import ClassCounts, majority_rate
 from mtl_lightning.metrics.multilabel import (
     LabelCounts,
+    LabelStats,
     MultilabelExact,
     MultilabelF1,
+    SharedMultilabelF1,
     constant_f1_macro,
+    label_stats,
     multilabel_f1,
 )
+from mtl_lightning.metrics.shared import SharedStates
 
 __all__ = [
     "METRIC_KEYS",
@@ -35,15 +42,21 @@ __all__ = [
     "ConfusionBalancedAccuracy",
     "ConfusionF1",
     "LabelCounts",
+    "LabelStats",
     "LossMean",
     "MultilabelExact",
     "MultilabelF1",
+    "SharedConfusionBalancedAccuracy",
+    "SharedConfusionF1",
+    "SharedMultilabelF1",
+    "SharedStates",
     "accuracy_from_confusion",
     "balanced_accuracy_batched",
     "balanced_accuracy_from_confusion",
     "confusion_counts",
     "constant_f1_macro",
     "f1_from_confusion",
+    "label_stats",
     "labelled_count",
     "labelled_counts",
     "majority_rate",

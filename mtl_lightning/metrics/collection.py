@@ -10,12 +10,19 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric, MetricColl
 
 from mtl_lightning.metrics.confusion import (
     ConfusionAccuracy,
-    ConfusionBalancedAccuracy,
-    ConfusionF1,
+    SharedConfusionBalancedAccuracy,
+    SharedConfusionF1,
     confusion_counts,
 )
 from mtl_lightning.metrics.majority import ClassCounts, majority_rate
-from mtl_lightning.metrics.multilabel import LabelCounts, MultilabelExact, MultilabelF1
+from mtl_lightning.metrics.multilabel import (
+    LabelCounts,
+    MultilabelExact,
+    MultilabelF1,
+    SharedMultilabelF1,
+    label_stats,
+)
+from mtl_lightning.metrics.shared import SharedStates
 from mtl_lightning.tasks import TaskKind, TaskSpec
 
 #: the metric keys logged as ``{stage}/{task}/{key}`` for each task kind (besides ``loss``)
@@ -30,11 +37,14 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
     """Metrics logged for one task at every stage (keys: :data:`METRIC_KEYS`).
 
     Classification: ``acc`` (micro), ``balanced_acc`` (macro recall: chance is exactly ``1/K``
-    whatever the label imbalance) and ``f1`` (macro), each from a confusion-matrix state
-    (:mod:`mtl_lightning.metrics.confusion`: one ``bincount`` per update, no re-validation of
-    labels the module has already checked; same values as torchmetrics' ``Multiclass*``
-    metrics). Regression: ``mse`` and ``mae``. Multilabel: ``f1_micro``, ``f1_macro`` and
-    ``exact_match`` (:mod:`mtl_lightning.metrics.multilabel`, threshold 0.5 on the sigmoid).
+    whatever the label imbalance) and ``f1`` (macro), all from the one confusion-matrix state of
+    ``acc`` (:mod:`mtl_lightning.metrics.confusion`: one ``bincount`` per update, no
+    re-validation of labels the module has already checked; same values as torchmetrics'
+    ``Multiclass*`` metrics). Regression: ``mse`` and ``mae``. Multilabel: ``f1_micro`` and
+    ``f1_macro`` (from the per-label counts of ``f1_micro``) and ``exact_match``
+    (:mod:`mtl_lightning.metrics.multilabel`, threshold 0.5 on the sigmoid). The shared members
+    (:mod:`mtl_lightning.metrics.shared`) are not updated: :func:`update_task_metrics` updates
+    the members that own a state.
 
     Example:
         >>> from mtl_lightning.tasks import TaskSpec
@@ -45,20 +55,22 @@ def task_metrics(task: TaskSpec) -> MetricCollection:
     """
     k = task.size
     if task.is_classification:
+        acc = ConfusionAccuracy(k)
         members: dict[str, Metric] = {
-            "acc": ConfusionAccuracy(k),
-            "balanced_acc": ConfusionBalancedAccuracy(k),
-            "f1": ConfusionF1(k),
+            "acc": acc,
+            "balanced_acc": SharedConfusionBalancedAccuracy(acc),
+            "f1": SharedConfusionF1(acc),
         }
     elif task.is_multilabel:
+        micro = MultilabelF1(k, average="micro")
         members = {
-            "f1_micro": MultilabelF1(k, average="micro"),
-            "f1_macro": MultilabelF1(k, average="macro"),
+            "f1_micro": micro,
+            "f1_macro": SharedMultilabelF1(micro, average="macro"),
             "exact_match": MultilabelExact(k),
         }
     else:
         members = {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
-    # members are logged one by one; keep their states separate
+    # members are logged one by one: no torchmetrics compute groups (states shared by hand)
     return MetricCollection(members, compute_groups=False)
 
 
@@ -81,22 +93,28 @@ def update_task_metrics(
     and to its training-label ``counts`` when given (training steps)."""
     output = output.detach()
     if task.is_classification:
-        # one confusion matrix per task feeds acc, balanced_acc, f1 and (its row sums) the
-        # training label counts
+        # one confusion matrix per batch: the state of acc (read by balanced_acc and f1) and,
+        # by its row sums, the training label counts
         confmat = confusion_counts(output, target, task.size)
-        for metric in collection.values():
-            metric.update(counts=confmat)
+        _update_owners(collection, counts=confmat)
         if counts is not None:
             counts.update(counts=confmat.sum(dim=1))
         return
     # in at least float32, as the loss (bf16 would round the targets)
     dtype = torch.promote_types(output.dtype, torch.float32)
     if task.is_multilabel:
-        collection.update(torch.sigmoid(output.to(dtype)), target.long())
+        _update_owners(collection, stats=label_stats(torch.sigmoid(output.to(dtype)), target))
         if counts is not None:
             counts.update(target)
         return
     collection.update(output.to(dtype), target.reshape(output.shape).to(dtype))
+
+
+def _update_owners(collection: MetricCollection, **batch: object) -> None:
+    """Update the members that own a state with the batch's counts (the others read them)."""
+    for metric in collection.values():
+        if not isinstance(metric, SharedStates):
+            metric.update(**batch)
 
 
 def task_baselines(

@@ -4,8 +4,11 @@ The three classification metrics logged for every task all derive from the per-c
 a ``K x K`` confusion matrix (rows: target, columns: prediction). Each stateful metric below keeps
 that matrix (summed across DDP ranks, so synchronisation is exact) and updates it with a single
 ``bincount`` and no argument validation: the module has already checked the labels
-(:func:`mtl_lightning.validation.check_batch`) and removed missing ones (``-100``). This is what
-makes per-step metric updates cheap; the results follow torchmetrics' conventions exactly
+(:func:`mtl_lightning.validation.check_batch`) and removed missing ones (``-100``). A task keeps
+one matrix: its ``balanced_acc`` and ``f1`` are :class:`SharedConfusionBalancedAccuracy` and
+:class:`SharedConfusionF1`, reading the matrix of its ``acc``
+(:mod:`mtl_lightning.metrics.shared`). This is what makes per-step metric updates cheap (one
+update per task); the results follow torchmetrics' conventions exactly
 (``MulticlassAccuracy(average="micro")``, ``MulticlassRecall(average="macro")``,
 ``MulticlassF1Score(average="macro")``, ``zero_division=0``): a class that is neither in the
 targets nor in the predictions is left out of the macro averages, one that is predicted but
@@ -16,9 +19,13 @@ as if it were always wrong.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from mtl_lightning.metrics.shared import SharedStates, shared_state
 
 
 def confusion_counts(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -37,9 +44,10 @@ def confusion_counts(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """
     if preds.ndim == target.ndim + 1:
         preds = preds.argmax(dim=-1)
-    index = target.reshape(-1).long() * num_classes + preds.reshape(-1).long()
+    # (a product is a new tensor: adding to it in place leaves the target alone)
+    index = target.reshape(-1).long().mul(num_classes).add_(preds.reshape(-1).long())
     counts = torch.bincount(index, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes)
+    return counts.view(num_classes, num_classes)
 
 
 def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
@@ -159,7 +167,7 @@ class _ConfusionMetric(Metric):
             raise ValueError(
                 f"counts must be {self.num_classes} x {self.num_classes}, got {list(counts.shape)}"
             )
-        self.confmat += counts
+        self.confmat.add_(counts)  # in place, as ``+=`` (but without a module setattr)
 
 
 class ConfusionAccuracy(_ConfusionMetric):
@@ -202,3 +210,39 @@ class ConfusionF1(_ConfusionMetric):
 
     def compute(self) -> Tensor:
         return f1_from_confusion(self.confmat)
+
+
+class _SharedConfusion(SharedStates):
+    """Base: a confusion metric reading its ``source``'s matrix (no state of its own)."""
+
+    shared = ("confmat",)
+    confmat = shared_state("confmat")
+
+    def __init__(self, source: _ConfusionMetric, **kwargs: Any) -> None:
+        super().__init__(source, **kwargs)
+        self.num_classes = source.num_classes
+
+
+class SharedConfusionBalancedAccuracy(_SharedConfusion, ConfusionBalancedAccuracy):
+    """:class:`ConfusionBalancedAccuracy` of another confusion metric's matrix: updating the
+    source is enough.
+
+    Example:
+        >>> acc = ConfusionAccuracy(2)
+        >>> balanced = SharedConfusionBalancedAccuracy(acc)
+        >>> acc.update(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 1, 1]))
+        >>> acc.compute(), balanced.compute()
+        (tensor(0.7500), tensor(0.7500))
+    """
+
+
+class SharedConfusionF1(_SharedConfusion, ConfusionF1):
+    """:class:`ConfusionF1` of another confusion metric's matrix: updating the source is enough.
+
+    Example:
+        >>> acc = ConfusionAccuracy(2)
+        >>> f1 = SharedConfusionF1(acc)
+        >>> acc.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+        >>> f1.compute()
+        tensor(1.)
+    """

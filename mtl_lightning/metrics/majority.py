@@ -54,7 +54,7 @@ class ClassCounts(Metric):
             raise ValueError(
                 f"counts must have {self.num_classes} entries, got {list(counts.shape)}"
             )
-        self.counts += counts
+        self.counts.add_(counts)  # in place, as ``+=`` (without its module setattr)
 
     def compute(self) -> Tensor:
         return majority_rate(self.counts)

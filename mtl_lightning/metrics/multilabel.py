@@ -5,15 +5,61 @@
 0.5), but reduce them with the conventions of :mod:`mtl_lightning.metrics.confusion`: a label
 that is neither in the targets nor in the predictions is left out of the macro average
 (torchmetrics counts it as 0), and a value that cannot be computed (no sample; nothing positive
-in targets or predictions) is NaN, not 0.
+in targets or predictions) is NaN, not 0. A task keeps one set of per-label counts (its
+``f1_macro`` is a :class:`SharedMultilabelF1` of its ``f1_micro``'s) and counts a batch once
+(:func:`label_stats`, handed to both updates instead of torchmetrics' validated ones: the module
+has checked the targets).
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
+
+from mtl_lightning.metrics.shared import SharedStates, shared_state
+
+
+class LabelStats(NamedTuple):
+    """A batch's per-label counts ``[L]`` (torchmetrics' stat scores) and exact matches."""
+
+    tp: Tensor
+    fp: Tensor
+    tn: Tensor
+    fn: Tensor
+    #: rows with every label right
+    exact: Tensor
+    rows: int
+    threshold: float
+
+
+def label_stats(probs: Tensor, target: Tensor, threshold: float = 0.5) -> LabelStats:
+    """Count a batch once for every multilabel metric: ``probs`` ``[N, L]`` in ``[0, 1]``
+    (positive above ``threshold``, as torchmetrics) and ``target`` ``[N, L]`` of 0 and 1 only
+    (the module has checked it; torchmetrics' validated updates would check it again).
+
+    Example:
+        >>> s = label_stats(torch.tensor([[0.9, 0.2], [0.8, 0.7]]), torch.tensor([[1, 0], [0, 1]]))
+        >>> s.tp.tolist(), s.fp.tolist(), s.tn.tolist(), s.fn.tolist(), int(s.exact), s.rows
+        ([1, 1], [1, 0], [0, 1], [0, 0], 1, 2)
+    """
+    preds, truth = probs > threshold, target == 1
+    tp = (preds & truth).sum(dim=0)
+    fp = preds.sum(dim=0) - tp
+    fn = truth.sum(dim=0) - tp
+    rows = target.shape[0]
+    exact = (preds == truth).all(dim=1).sum()
+    return LabelStats(tp, fp, rows - tp - fp - fn, fn, exact, rows, threshold)
+
+
+def _check_stats(metric: Any, stats: LabelStats) -> None:
+    if metric.multidim_average != "global" or metric.ignore_index is not None:
+        raise ValueError("label_stats fit global metrics without ignore_index only")
+    if stats.threshold != metric.threshold:
+        raise ValueError(f"stats at threshold {stats.threshold}, metric at {metric.threshold}")
 
 
 def _divide(num: Tensor, den: Tensor) -> Tensor:
@@ -51,9 +97,53 @@ class MultilabelF1(MultilabelF1Score):
     def __init__(self, num_labels: int, average: str = "macro", **kwargs: object) -> None:
         super().__init__(num_labels=num_labels, average=average, **kwargs)  # type: ignore[arg-type]
 
+    def update(
+        self,
+        preds: Tensor | None = None,
+        target: Tensor | None = None,
+        stats: LabelStats | None = None,
+    ) -> None:
+        """Add a batch: ``preds`` and ``target`` (torchmetrics' validated update), or its
+        :func:`label_stats`, counted once for several metrics."""
+        if stats is None:
+            if preds is None or target is None:
+                raise ValueError("update needs preds and target, or stats")
+            super().update(preds, target)
+            return
+        _check_stats(self, stats)
+        self._update_state(stats.tp, stats.fp, stats.tn, stats.fn)
+
     def compute(self) -> Tensor:
         tp, fp, _, fn = self._final_state()
         return multilabel_f1(tp, fp, fn, str(self.average))
+
+
+class SharedMultilabelF1(SharedStates, MultilabelF1):
+    """:class:`MultilabelF1` (``average`` ``"micro"`` or ``"macro"``) of another one's counts:
+    updating the source is enough.
+
+    Example:
+        >>> micro = MultilabelF1(num_labels=2, average="micro")
+        >>> macro = SharedMultilabelF1(micro, average="macro")
+        >>> micro.update(torch.tensor([[0.9, 0.2], [0.8, 0.7]]), torch.tensor([[1, 0], [0, 1]]))
+        >>> micro.compute(), macro.compute()
+        (tensor(0.8000), tensor(0.8333))
+    """
+
+    shared = ("tp", "fp", "tn", "fn")
+    tp = shared_state("tp")
+    fp = shared_state("fp")
+    tn = shared_state("tn")
+    fn = shared_state("fn")
+
+    def __init__(self, source: MultilabelF1, average: str = "macro", **kwargs: Any) -> None:
+        super().__init__(source, **kwargs)
+        if average not in ("micro", "macro"):
+            raise ValueError(f"average must be 'micro' or 'macro', got {average!r}")
+        for name in ("num_labels", "threshold", "multidim_average", "ignore_index"):
+            setattr(self, name, getattr(source, name))
+        self.validate_args, self.zero_division = source.validate_args, source.zero_division
+        self.average = average
 
 
 class MultilabelExact(MultilabelExactMatch):
@@ -67,6 +157,24 @@ class MultilabelExact(MultilabelExactMatch):
         >>> m.compute()
         tensor(0.5000)
     """
+
+    def update(
+        self,
+        preds: Tensor | None = None,
+        target: Tensor | None = None,
+        stats: LabelStats | None = None,
+    ) -> None:
+        """Add a batch: ``preds`` and ``target`` (torchmetrics' validated update), or its
+        :func:`label_stats`."""
+        if stats is None:
+            if preds is None or target is None:
+                raise ValueError("update needs preds and target, or stats")
+            super().update(preds, target)
+            return
+        _check_stats(self, stats)
+        # in place, as torchmetrics' own update (without its module setattr)
+        self.correct.add_(stats.exact)
+        self.total.add_(stats.rows)
 
     def compute(self) -> Tensor:
         correct, total = self.correct.sum(), self.total.sum()
@@ -119,8 +227,8 @@ class LabelCounts(Metric):
 
     def update(self, target: Tensor) -> None:
         """Add labelled rows ``[N, L]`` of 0/1 (missing rows already removed)."""
-        self.positives += target.sum(dim=0).long()
-        self.rows += target.shape[0]
+        self.positives.add_(target.sum(dim=0).long())  # in place, as ``+=``
+        self.rows.add_(target.shape[0])
 
     #: the baseline of given (e.g. rank-summed) counts
     baseline = staticmethod(constant_f1_macro)

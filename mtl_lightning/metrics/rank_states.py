@@ -8,14 +8,26 @@ global value, whatever the world size of the run that loads it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_sum
 
+from mtl_lightning.metrics.shared import SharedStates
+
 __all__ = ["checkpointed_metric_keys", "sum_metric_states", "zero_metric_states"]
+
+
+def _states(metric: Metric) -> Iterator[tuple[str, Metric, str]]:
+    """``(key suffix, owner, state)`` of each state ``metric`` checkpoints: its own, and the
+    copies of its source's that a shared metric writes (:mod:`~mtl_lightning.metrics.shared`)."""
+    for state in metric._defaults:
+        yield state, metric, state
+    if isinstance(metric, SharedStates):
+        for suffix, (owner, state) in metric.shared_states().items():
+            yield suffix, owner, state
 
 
 def checkpointed_metric_keys(
@@ -37,11 +49,11 @@ def checkpointed_metric_keys(
     for prefix, metric in module.named_modules():
         if not isinstance(metric, Metric):
             continue
-        for state in metric._defaults:
-            key = f"{prefix}.{state}" if prefix else state
+        for suffix, owner, state in _states(metric):
+            key = f"{prefix}.{suffix}" if prefix else suffix
             if key not in state_dict:  # not persistent: not in the checkpoint
                 continue
-            if metric._reductions[state] is not dim_zero_sum or metric._is_synced:
+            if owner._reductions[state] is not dim_zero_sum or owner._is_synced:
                 raise NotImplementedError(
                     f"checkpointed metric state {key!r} must be an unsynced tensor with "
                     "dist_reduce_fx='sum' to be merged across ranks"
