@@ -39,6 +39,7 @@ from mtl_lightning.training.automatic import (
 from mtl_lightning.training.checkpoint import save_global_states, split_global_states
 from mtl_lightning.training.diagnostics import grad_cos_due, log_baselines, log_weights
 from mtl_lightning.training.forward import forward_losses, head_outputs, inspect_trunk, trunk_output
+from mtl_lightning.training.log_fast_path import install as install_log_fast_path
 from mtl_lightning.training.losses import confusion_losses
 from mtl_lightning.training.optimizers import param_groups, step_schedulers, with_scheduler
 from mtl_lightning.training.progress import StepOutputs, StepState
@@ -127,6 +128,7 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         adversaries: dict[str, AdversaryConfig] | None = None,
     ) -> None:
         super().__init__()
+        install_log_fast_path()  # Lightning#20388: self.log's per-call device walk
         self.tasks = validate_tasks(tasks)
         configs = adversary_configs(self.tasks, adversary_config, adversaries)
         # Under LightningCLI this records the config (class_path/init_args of the trunk and the

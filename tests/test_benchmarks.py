@@ -24,7 +24,7 @@ def test_benchmark_runner_tiny(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| benchmark | setting | value | unit | ratio | peak RSS MiB |" in proc.stdout
