@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -71,19 +72,11 @@ def check_batch(
             f"batch {batch_idx}: no labels for declared task(s) {missing}; "
             f"the batch has labels for {sorted(targets)}"
         )
-    # one reduction on the fast path: a finite sum means every element is finite (NaN/inf
-    # propagate); only a non-finite sum (possibly a finite overflow) needs the elementwise test
-    finite = torch.isfinite(features) if not bool(torch.isfinite(features.sum())) else None
-    if finite is not None and not bool(finite.all()):
-        bad = (~finite).reshape(features.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
-        kinds = []
-        if bool(torch.isnan(features).any()):
-            kinds.append("NaN")
-        if bool(torch.isinf(features).any()):
-            kinds.append("inf")
-        raise BatchError(
-            f"batch {batch_idx}: features contain {'/'.join(kinds)} at sample(s) {_listed(bad)}"
-        )
+    if _valid_features_and_classes(features, targets, tasks):
+        # features and class labels shown valid at once: the other kinds' checks remain
+        tasks = [t for t in tasks if not t.is_classification]
+    else:
+        _check_features(features, batch_idx)
     batch_size = features.shape[0]
     for task in tasks:
         y = targets[task.name]
@@ -98,6 +91,60 @@ def check_batch(
             _check_multilabel(y, task, where)
         else:
             _check_regression(y, task, where)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_counts(sizes: tuple[int, ...], device: torch.device) -> Tensor:
+    """``[C, 1]``: the number of classes of each classification task, on ``device``."""
+    return torch.tensor(sizes, device=device).unsqueeze(1)
+
+
+def _valid_features_and_classes(
+    features: Tensor, targets: Mapping[str, Tensor], tasks: Sequence[TaskSpec]
+) -> bool:
+    """Whether the features are finite and every classification task's labels are in
+    ``[0, K)`` or missing, from one reduction over all of them and one host sync. False when
+    that cannot be shown (a problem, or labels that cannot be stacked: other shapes or dtypes):
+    the checks one by one then find it and say where."""
+    labels = [targets[t.name] for t in tasks if t.is_classification]
+    if not _stackable(labels, features.shape[0]):
+        return False
+    # a finite sum means every element is finite (NaN/inf propagate); an overflow goes the
+    # elementwise way
+    flags = [torch.isfinite(features.sum())]
+    if labels:
+        y = torch.stack(labels)
+        sizes = _class_counts(tuple(t.size for t in tasks if t.is_classification), y.device)
+        flags.append((((y >= 0) & (y < sizes)) | (y == IGNORE_INDEX)).all())
+    return bool(torch.stack(flags).all())
+
+
+def _stackable(labels: Sequence[object], n: int) -> bool:
+    """Whether ``labels`` are ``[n]`` integer tensors of one dtype (``torch.stack`` takes them)."""
+    if not all(isinstance(y, Tensor) and y.shape == (n,) for y in labels):
+        return False
+    dtypes = {y.dtype for y in labels}  # type: ignore[union-attr]
+    if len(dtypes) > 1:
+        return False
+    dtype = dtypes.pop() if dtypes else torch.long
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
+def _check_features(features: Tensor, batch_idx: int) -> None:
+    """Raise naming the samples whose features are NaN or infinite."""
+    # one reduction on the fast path: a finite sum means every element is finite (NaN/inf
+    # propagate); only a non-finite sum (possibly a finite overflow) needs the elementwise test
+    finite = torch.isfinite(features) if not bool(torch.isfinite(features.sum())) else None
+    if finite is not None and not bool(finite.all()):
+        bad = (~finite).reshape(features.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+        kinds = []
+        if bool(torch.isnan(features).any()):
+            kinds.append("NaN")
+        if bool(torch.isinf(features).any()):
+            kinds.append("inf")
+        raise BatchError(
+            f"batch {batch_idx}: features contain {'/'.join(kinds)} at sample(s) {_listed(bad)}"
+        )
 
 
 def _check_classes(y: Tensor, task: TaskSpec, where: str) -> None:

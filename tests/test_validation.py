@@ -124,3 +124,27 @@ def test_large_finite_features_whose_sum_overflows_pass_and_nan_among_them_is_fo
     big[2, 1] = float("nan")
     with pytest.raises(BatchError, match=r"features contain NaN at sample\(s\) \[2\]"):
         check_batch(big, {"a": torch.tensor([0, 1, 0, 1])}, tasks)
+
+
+def test_one_reduction_shows_a_valid_batch_and_refuses_anything_else():
+    from mtl_lightning.validation import _valid_features_and_classes as valid
+    from mtl_lightning.validation import check_batch
+
+    tasks = [TaskSpec("a", 3), TaskSpec("r", 1, kind="regression"), TaskSpec("b", 2)]
+    x = torch.zeros(3, 2)
+    good = {"a": torch.tensor([0, 2, -100]), "r": torch.zeros(3), "b": torch.tensor([1, 0, 1])}
+    assert valid(x, good, tasks)
+    for name, labels in [
+        ("a", torch.tensor([0, 3, 1])),  # K
+        ("a", torch.tensor([0, -1, 1])),  # negative, not -100
+        ("b", torch.tensor([0.0, 1.0, 1.0])),  # float
+        ("b", torch.tensor([0, 1, 1], dtype=torch.int32)),  # another dtype than a's
+        ("b", torch.tensor([0, 1])),  # too few
+        ("b", torch.tensor([True, False, True])),
+    ]:
+        assert not valid(x, {**good, name: labels}, tasks), (name, labels)
+    for bad in (float("nan"), float("inf")):
+        assert not valid(torch.tensor([[0.0, bad]] * 3), good, tasks)
+    # the checks one by one then name the fault, as before
+    with pytest.raises(BatchError, match=r"task 'b': labels must be in \[0, 2\); found 5"):
+        check_batch(x, {**good, "b": torch.tensor([0, 5, 1])}, tasks)

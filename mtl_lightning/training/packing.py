@@ -17,6 +17,7 @@ from mtl_lightning.tasks import TaskSpec
 __all__ = [
     "ReducedGradients",
     "aggregated_tasks",
+    "batched_flat_grads",
     "cosine_matrix",
     "culprit_message",
     "flat_grad",
@@ -24,6 +25,7 @@ __all__ = [
     "reduce_gramian",
     "reduce_jacobian",
     "reduce_packed",
+    "trunk_jacobian",
     "write_grads",
 ]
 
@@ -72,6 +74,55 @@ def flat_grad(
             for g, p in zip(grads, inputs, strict=True)
         ]
     )
+
+
+def batched_flat_grads(output: Tensor, inputs: Sequence[Tensor], rows: Sequence[Tensor]) -> Tensor:
+    """The ``[K, P]`` matrix whose row ``k`` is ``flat_grad(output, inputs, rows[k])``, from one
+    backward pass of the ``K`` vector-Jacobian products together (autograd's
+    ``is_grads_batched``: the pass is vmapped over the rows) instead of ``K`` passes, and one
+    copy into the matrix. Inputs that ``output`` does not depend on contribute zeros.
+
+    Example:
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> y = w * w
+        >>> batched_flat_grads(y, [w], [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])])
+        tensor([[2., 0.],
+                [0., 4.]])
+    """
+    k = len(rows)
+    grads = torch.autograd.grad(
+        output,
+        list(inputs),
+        grad_outputs=torch.stack(list(rows)),
+        retain_graph=True,
+        allow_unused=True,
+        is_grads_batched=True,
+    )
+    return torch.cat(
+        [
+            (g if g is not None else p.new_zeros((k, *p.shape))).reshape(k, -1)
+            for g, p in zip(grads, inputs, strict=True)
+        ],
+        dim=1,
+    )
+
+
+def trunk_jacobian(
+    output: Tensor, inputs: Sequence[Tensor], rows: Sequence[Tensor], batched: bool
+) -> Tensor:
+    """The ``[K, P]`` Jacobian of ``inputs`` whose row ``k`` is ``flat_grad(output, inputs,
+    rows[k])``: from one vmapped pass (``batched``, :func:`batched_flat_grads`) or ``K``
+    passes, stacked.
+
+    Example:
+        >>> w = torch.tensor([1.0, 2.0], requires_grad=True)
+        >>> rows = [torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0])]
+        >>> torch.equal(trunk_jacobian(w * w, [w], rows, True), trunk_jacobian(w * w, [w], rows, False))
+        True
+    """
+    if batched:
+        return batched_flat_grads(output, inputs, rows)
+    return torch.stack([flat_grad(output, inputs, r) for r in rows])
 
 
 def write_grads(params: Sequence[nn.Parameter], flat: Tensor) -> None:

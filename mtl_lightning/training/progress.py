@@ -62,6 +62,9 @@ class StepState:
     loss_scales: dict[str, Tensor] | None = None
     #: the gradient path's (trunk, other) trainable parameters, listed once per training epoch
     parameters: tuple[list[Tensor], list[Tensor]] | None = None
+    #: whether the gradient path takes the trunk's per-task products in one vmapped pass
+    #: (:func:`~mtl_lightning.training.aggregated.batched_vjp`), set with ``parameters``
+    batched_vjp: bool = False
 
     def start_batch(self, batch: Any, batch_idx: int) -> None:
         """Record the training batch the step runs on."""

@@ -4,12 +4,20 @@ training-label counts behind the baselines."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from mtl_lightning.metrics import LossMean, task_metrics, training_counts, update_task_metrics
+from mtl_lightning.metrics.fused import (
+    CountLayout,
+    add_loss_means,
+    add_to_states,
+    classification_counts,
+)
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.training.progress import StepOutputs
 
@@ -23,6 +31,18 @@ TOTAL_KEY = "_total"
 
 #: ``LightningModule.log``
 LogFn = Callable[..., Any]
+
+
+class _StagePlan(NamedTuple):
+    """What a stage's batch updates: the measured tasks (classification first), the
+    classification ones, the loss means (the tasks', then the total's), the confusion-matrix
+    (and, ``counted``, training-label count) states."""
+
+    tasks: list[TaskSpec]
+    classification: list[TaskSpec]
+    losses: list[LossMean]
+    states: list[tuple[Metric, str]]
+    counted: bool
 
 
 class StageMetrics(nn.Module):
@@ -76,6 +96,10 @@ class StageMetrics(nn.Module):
         self.train_class_counts = nn.ModuleDict({n: c for n, c in counts.items() if c is not None})
         # stages whose metric objects are registered with `log` in the current epoch
         self._registered: set[str] = set()
+        # per (device, class counts, with label counts): where the classification tasks'
+        # counts lie in one bincount; per (stage, task names): what a batch updates
+        self._layouts: dict[tuple[Any, ...], CountLayout] = {}
+        self._plans: dict[tuple[Any, ...], _StagePlan] = {}
         for metric in self._train_accumulators():
             metric.persistent(True)
 
@@ -101,41 +125,97 @@ class StageMetrics(nn.Module):
         batch_size = step.features.shape[0]
         register = stage not in self._registered
         self._registered.add(stage)
-        for task in self.tasks:
-            if task.name not in self.ensembles:
-                self._update_task(stage, task, step, batch_size, log if register else None)
-        total_metric = self.stage_losses[f"{stage}_losses"][TOTAL_KEY]
+        plan = self._plan(stage)
+        tasks, total_metric = plan.tasks, plan.losses[-1]
+        masks = torch.stack([step.masks[t.name] for t in tasks]) if tasks else None
+        losses = [step.mean_losses[t.name].detach().reshape(()) for t in tasks]
         if step_value:  # forward: updates and caches the step value that on_step logs
             total_metric(total.detach(), batch_size)
-        else:
-            total_metric.update(total.detach(), batch_size)
+        else:  # with the tasks' losses, weighted by the batch size
+            losses.append(total.detach().reshape(()))
+        if losses:
+            weights = (
+                masks.sum(dim=1) if masks is not None else total.new_zeros(0, dtype=torch.long)
+            )
+            if not step_value:  # the total's weight, on the device (no host copy)
+                weights = F.pad(weights, (0, 1), value=batch_size)
+            self._update_losses(plan.losses[: len(losses)], torch.stack(losses), weights)
+        if plan.classification:
+            self._update_confusions(plan, step, masks)
+        for task in tasks[len(plan.classification) :]:
+            self._update_task(stage, task, step, batch_size)
+        if register:
+            for task in tasks:
+                self._register(stage, task, log)
         if register or step_value:
             on_step = stage == "train"
             log(f"{stage}/loss", total_metric, on_step=on_step, on_epoch=True, prog_bar=True)
 
-    def _update_task(
-        self, stage: str, task: TaskSpec, step: StepOutputs, batch_size: int, log: LogFn | None
-    ) -> None:
+    def _plan(self, stage: str) -> _StagePlan:
+        """The stage's measured tasks, classification first, and the metrics a batch updates
+        (built once per stage and list of tasks)."""
+        key = (stage, tuple(t.name for t in self.tasks))
+        plan = self._plans.get(key)
+        if plan is None:
+            measured = [t for t in self.tasks if t.name not in self.ensembles]
+            classification = [t for t in measured if t.is_classification]
+            tasks = classification + [t for t in measured if not t.is_classification]
+            means = self.stage_losses[f"{stage}_losses"]
+            collections = self.stage_metrics[f"{stage}_metrics"]
+            counted = stage == "train" and all(
+                t.name in self.train_class_counts for t in classification
+            )
+            states = [(collections[t.name]["acc"], "confmat") for t in classification]
+            if counted:
+                states += [(self.train_class_counts[t.name], "counts") for t in classification]
+            losses = [means[t.name] for t in tasks] + [means[TOTAL_KEY]]
+            plan = self._plans[key] = _StagePlan(tasks, classification, losses, states, counted)
+        return plan
+
+    @staticmethod
+    def _update_losses(metrics: Sequence[LossMean], losses: Tensor, weights: Tensor) -> None:
+        """Add each mean loss, weighted by its labelled samples (the total: by the batch size),
+        to its loss mean: all at once (:func:`~mtl_lightning.metrics.fused.add_loss_means`), or
+        one by one where a loss is not finite (``MeanMetric`` warns and leaves it out)."""
+        if add_loss_means(metrics, losses, weights):
+            return
+        for metric, loss, count in zip(metrics, losses, weights.tolist(), strict=True):
+            if count:
+                metric.update(loss, count)
+
+    def _update_confusions(self, plan: _StagePlan, step: StepOutputs, masks: Tensor) -> None:
+        """The classification tasks' confusion matrices (and, in training, their label counts)
+        from one ``bincount`` (:func:`~mtl_lightning.metrics.fused.classification_counts`)."""
+        tasks = plan.classification
+        outputs = [step.outputs[t.name] for t in tasks]
+        key = (outputs[0].device, tuple(t.size for t in tasks), plan.counted)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = CountLayout.build(key[1], plan.counted, key[0])
+        targets = [step.targets[t.name] for t in tasks]
+        confusions, labels = classification_counts(layout, outputs, targets, masks[: len(tasks)])
+        add_to_states(plan.states, confusions + labels)
+
+    def _update_task(self, stage: str, task: TaskSpec, step: StepOutputs, batch_size: int) -> None:
+        """A regression or multilabel task's metrics (its labelled samples)."""
         name, output, target = task.name, step.outputs[task.name], step.targets[task.name]
         mask = step.masks[name]
         labelled = int(mask.sum()) if not bool(mask.all()) else batch_size
-        # a labelled-count-weighted torchmetrics mean: exact under DDP, whatever the shards
-        loss_metric = self.stage_losses[f"{stage}_losses"][name]
-        if labelled:
-            loss_metric.update(step.mean_losses[name].detach(), labelled)
-        if log is not None:
-            log(f"{stage}/{name}/loss", loss_metric, on_step=False, on_epoch=True)
-        collection = self.stage_metrics[f"{stage}_metrics"][name]
         if labelled < batch_size:
             output, target = output[mask], target[mask]
         if labelled:
             counted = stage == "train" and name in self.train_class_counts
             counts = self.train_class_counts[name] if counted else None
-            update_task_metrics(task, collection, output, target, counts)
-        if log is None:
-            return
+            update_task_metrics(task, self.stage_metrics[f"{stage}_metrics"][name], output,
+                                target, counts)  # fmt: skip
+
+    def _register(self, stage: str, task: TaskSpec, log: LogFn) -> None:
+        """Hand the task's loss mean and metric objects to ``log`` (once per epoch)."""
+        name = task.name
+        log(f"{stage}/{name}/loss", self.stage_losses[f"{stage}_losses"][name], on_step=False,
+            on_epoch=True)  # fmt: skip
         shown = PROGRESS_METRIC[task.kind] if stage == "val" else None  # the headline
-        for key, metric in collection.items():
+        for key, metric in self.stage_metrics[f"{stage}_metrics"][name].items():
             log(
                 f"{stage}/{name}/{key}", metric, on_step=False, on_epoch=True,
                 prog_bar=key == shown,

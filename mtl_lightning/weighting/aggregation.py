@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -10,6 +11,13 @@ from torchjd.aggregation import Aggregator, GramianWeightedAggregator, UPGrad, W
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import GradientLevel, GradientWeighting
+
+#: torchjd aggregators whose weights are a deterministic function of the Gramian or Jacobian
+#: (the others, PCGrad's random task order and unknown ones, run on a seeded CPU generator)
+DETERMINISTIC = frozenset(
+    {"UPGrad", "MGDA", "IMTLG", "AlignedMTL", "DualProj", "CAGrad", "NashMTL", "Mean", "Sum",
+     "Constant"}
+)  # fmt: skip
 
 
 class JacobianAggregation(GradientWeighting):
@@ -77,6 +85,12 @@ class JacobianAggregation(GradientWeighting):
         self.seed = seed
         # aggregators with state sized by the tasks (GradVac, PCD, Nash-MTL, ExcessMTL)
         self.stateful = callable(getattr(self.aggregator, "reset", None))
+        self.needs_jacobian = not self.gramian_based
+        # torchjd's aggregators known to draw no random numbers need no seeded generator
+        kind = type(self.aggregator)
+        self.random = not (
+            kind.__module__.startswith("torchjd.") and kind.__name__ in DETERMINISTIC
+        )
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def setup(self, tasks: Sequence[TaskSpec]) -> None:
@@ -90,15 +104,16 @@ class JacobianAggregation(GradientWeighting):
         # torchjd draws from the global CPU generator (PCGrad's torch.randperm) and takes no
         # generator argument: seed only that one (torch.manual_seed would also reseed, and not
         # restore, every CUDA device), and fork_rng puts its state back afterwards
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(self.seed * 1_000_003 + int(self.step))
+        with torch.random.fork_rng(devices=[]) if self.random else contextlib.nullcontext():
+            if self.random:
+                torch.default_generator.manual_seed(self.seed * 1_000_003 + int(self.step))
             present = losses != 0
             if self.gramian_based and not self.stateful:
                 weights = self._present_weights(gramian, present)
             else:
                 weights = self._all_weights(gramian, jacobian) * present.to(gramian.dtype)
         if self.training:
-            self.step += 1
+            self.step.add_(1)
         return weights.detach()
 
     def _all_weights(self, gramian: Tensor, jacobian: Tensor | None) -> Tensor:

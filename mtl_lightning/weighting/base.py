@@ -149,6 +149,9 @@ class GradientWeighting(WeightingStrategy):
     """
 
     uses_gradients = True
+    #: whether :meth:`gramian_weights` reads the Jacobian (``level="shared"``): the host hands
+    #: it over only then (a copy of ``K x P`` values otherwise made on every step)
+    needs_jacobian = True
 
     def __init__(self, level: GradientLevel = "shared") -> None:
         super().__init__()

@@ -148,6 +148,9 @@ class GradNorm(GradientWeighting):
         tensor([1.1000, 0.9000])
     """
 
+    #: reads only the Gramian's diagonal (the gradient norms)
+    needs_jacobian = False
+
     def __init__(
         self,
         alpha: float = 1.5,

@@ -47,3 +47,24 @@ def test_logged_values_are_those_without_the_fast_path():
     assert run(True) == pytest.approx(run(False)) and run(True)["a"] == pytest.approx(
         sum(s * s * (s + 1) for s in range(5)) / sum(range(1, 6))
     )
+
+
+def test_a_logged_metric_object_on_its_device_is_not_walked(monkeypatch):
+    from lightning.pytorch.trainer.connectors.logger_connector import result as result_module
+    from torchmetrics import CatMetric, MeanMetric
+
+    log_fast_path.install()
+    walks = []
+    original = result_module.apply_to_collection
+    monkeypatch.setattr(result_module, "apply_to_collection",
+                        lambda *a, **k: walks.append(a[0]) or original(*a, **k))  # fmt: skip
+    results = _ResultCollection(training=True)
+    for name, metric in (("mean", MeanMetric()), ("cat", CatMetric())):
+        metric.update(torch.tensor([2.0, 4.0]))
+        results.log("training_step", name, metric, on_step=False, on_epoch=True)
+        logged = results[f"training_step.{name}"]
+        assert logged.to(torch.device("cpu")) is logged
+    assert walks == []  # neither the log calls' moves nor these walked
+    assert float(results["training_step.mean"].value.compute()) == 3.0
+    moved = results["training_step.mean"].to(torch.device("meta"))  # another device: walked
+    assert len(walks) == 1 and moved.value.mean_value.device.type == "meta"
