@@ -24,9 +24,9 @@ NonFinitePolicy = Literal["raise", "skip", "off"]
 def all_finite(tensors: Sequence[Tensor]) -> bool:
     """Whether every element of ``tensors`` is finite.
 
-    Fast path: one reduction, their total 2-norm (NaN and inf propagate, so a finite norm means
-    every element is finite). Only a non-finite norm, which huge finite values can also give
-    by overflowing, is checked element by element.
+    Fast path: each tensor's 2-norm in one ``torch._foreach_norm`` (NaN and inf propagate, so
+    finite norms mean every element is finite) and one host sync. Only a non-finite norm, which
+    huge finite values can also give by overflowing, is checked element by element.
 
     Example:
         >>> all_finite([torch.ones(2), torch.full((3,), 3e38)])
@@ -34,11 +34,12 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
         >>> all_finite([torch.ones(2), torch.tensor([0.0, float("nan")])])
         False
     """
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: foreach kernels
-        norm = torch.nn.utils.get_total_norm(tensors)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
-    if bool(torch.isfinite(norm)):
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(list(tensors))
+    if len({n.dtype for n in norms}) > 1 or len({n.device for n in norms}) > 1:
+        norms = [n.float().to(norms[0].device) for n in norms]
+    if bool(torch.isfinite(torch.stack(norms)).all()):
         return True
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
