@@ -87,8 +87,40 @@ def interleaved(
     return result
 
 
+class BareModule(pl.LightningModule):
+    """What Lightning alone costs: the same model, loss and AdamW in a LightningModule whose
+    ``training_step`` returns the summed loss and does nothing else (no metrics, logging or
+    checks)."""
+
+    def __init__(self, data: MultiTaskDataModule) -> None:
+        super().__init__()
+        self.model = _model(data, validate=False)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        outputs = self.model(batch["features"])
+        return sum(F.cross_entropy(outputs[t], y) for t, y in batch["targets"].items())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def interleaved_bare(data: MultiTaskDataModule, steps: int) -> dict[str, float]:
+    """:func:`interleaved` for :class:`BareModule` (no GRL schedule: it has no reversal)."""
+    hand = _model(data, validate=False).train()
+    optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
+    batches = cycle(data.train_dataloader())
+    step = {"hand": lambda: _hand_step(hand, optimizer, next(batches))}
+    timed = fit_interleaved(BareModule(data), data, step, steps, baseline="hand")
+    result = {k: timed[k] for k in ("hand_cpu_ms", "hand_wall_ms", "lightning_cpu_ms")}
+    result["lightning_wall_ms"] = timed["lightning_wall_ms"]
+    for kind in ("cpu", "wall"):
+        result[f"{kind}_ratio"] = timed[f"lightning_{kind}_ratio"]
+    return result
+
+
 LABELS = {
     "hand": "hand-written PyTorch loop",
+    "bare": "bare LightningModule + Trainer (the summed loss only)",
     "lightning": "MultiTaskModule + Trainer",
     "lightning_nocheck": "MultiTaskModule + Trainer, validate_inputs=false",
 }
@@ -102,11 +134,14 @@ def measure(
     if data is None:
         data = make_data("cnn")
     data.setup("fit")
-    runs: dict[str, list[dict[str, float]]] = {"lightning": [], "lightning_nocheck": []}
+    runs: dict[str, list[dict[str, float]]] = {"bare": [], "lightning": [], "lightning_nocheck": []}
     for _ in range(trials):
+        if accelerator == "cpu":
+            runs["bare"].append(interleaved_bare(data, steps))
         runs["lightning"].append(interleaved(data, steps, True, accelerator))
         runs["lightning_nocheck"].append(interleaved(data, steps, False, accelerator))
-    fits = runs["lightning"] + runs["lightning_nocheck"]
+    runs = {k: v for k, v in runs.items() if v}
+    fits = [fit for values in runs.values() for fit in values]
     result = {
         "hand": {
             "cpu_ms": statistics.median(f["hand_cpu_ms"] for f in fits),
@@ -167,8 +202,8 @@ def main() -> None:
     )
     print("| loop | ms / step | ratio vs hand loop | CPU ms / step | CPU ratio |")
     print("|---|---|---|---|---|")
-    for key, label in LABELS.items():
-        r = result[key]
+    for key, r in result.items():
+        label = LABELS[key]
         print(
             f"| {label} | {r['wall_ms']:.1f} | {r['wall_ratio']:.3f} "
             f"| {r['cpu_ms']:.1f} | {r['cpu_ratio']:.3f} |"
