@@ -43,6 +43,7 @@ SHOWN_NOT_RUN = {
     "python -m benchmarks --only streaming": "about 3.5 minutes of measuring with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module, and tests/data/test_audio_streaming.py checks the chunk cache's bound",
     "python -m benchmarks --only streaming_tables": "about 2 minutes of measuring with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module",
     "python -m benchmarks.gradient_path --trials 3 --steps 200": "about 2.5 minutes of timing with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module",
+    "python -m benchmarks.peak_memory": "about 40 s of measuring with nothing to assert; `python -m benchmarks --tiny` (tests/test_benchmarks.py) runs the same module, its default fit included",
 }  # fmt: skip
 
 DEFAULT_FIT = "python -m mtl_lightning fit"  # README.md, the main job
