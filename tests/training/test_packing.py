@@ -135,3 +135,26 @@ def test_flat_grad_and_write_grads_match_autograd():
         assert torch.equal(p.grad, g.view_as(p))
     with pytest.raises(ValueError, match="entries for"):
         write_grads(params, torch.cat([flat, torch.zeros(1)]))  # one entry too many
+
+
+@pytest.mark.parametrize("trunk_kind", ["dense", "cnn"])
+def test_the_batched_trunk_jacobian_is_the_k_pass_one(trunk_kind):
+    from mtl_lightning.nn import CNNTrunk, DenseTrunk
+    from mtl_lightning.training.aggregated import batched_vjp
+    from mtl_lightning.training.packing import trunk_jacobian
+
+    torch.manual_seed(0)
+    if trunk_kind == "dense":  # BatchNorm and dropout, in training mode
+        trunk, x = DenseTrunk(12, divisors=[2, 3], dropout=0.2).train(), torch.randn(16, 12)
+    else:
+        trunk, x = CNNTrunk(channels=(2, 3, 4), out_features=8).train(), torch.randn(4, 8, 16)
+    assert batched_vjp(trunk) == (trunk_kind == "dense")
+    params = [p for p in trunk.parameters() if p.requires_grad]
+    embedding = trunk(x)
+    rows = [torch.randn_like(embedding) for _ in range(3)]
+    batched = trunk_jacobian(embedding, params, rows, batched=True)
+    passes = trunk_jacobian(embedding, params, rows, batched=False)
+    assert batched.shape == (3, sum(p.numel() for p in params))
+    torch.testing.assert_close(batched, passes, rtol=1e-5, atol=1e-6)
+    unused = nn.Parameter(torch.ones(2))  # an input the output does not depend on: zeros
+    assert torch.equal(trunk_jacobian(embedding, [unused], rows, batched=True), torch.zeros(3, 2))

@@ -290,3 +290,27 @@ def test_rlw_weights_are_reproducible_per_step_and_sum_to_k():
     r1.eval()
     r1({n: torch.tensor(1.0) for n in "abc"}, TASKS3)
     assert r1.last_weights == {"a": 1.0, "b": 1.0, "c": 1.0}
+
+
+def test_only_randomised_aggregators_draw_from_a_seeded_generator(monkeypatch):
+    from torchjd.aggregation import MGDA, Mean, PCGrad, UPGrad
+
+    from mtl_lightning.weighting import GradNorm, JacobianAggregation
+
+    forks = []
+    original = torch.random.fork_rng
+    monkeypatch.setattr(
+        torch.random, "fork_rng", lambda *a, **k: forks.append(1) or original(*a, **k)
+    )
+    g = torch.tensor([[1.0, 0.2], [0.2, 2.0]])
+    for aggregator, random in ((UPGrad(), False), (MGDA(), False), (PCGrad(), True)):
+        strategy = JacobianAggregation(aggregator)
+        forks.clear()
+        strategy.gramian_weights(g, torch.ones(2))
+        assert strategy.random is random and len(forks) == int(random), aggregator
+    # PCGrad's draws stay reproducible: the same step and seed give the same weights
+    a, b = JacobianAggregation(PCGrad(), seed=3), JacobianAggregation(PCGrad(), seed=3)
+    assert torch.equal(a.gramian_weights(g, torch.ones(2)), b.gramian_weights(g, torch.ones(2)))
+    # the Jacobian goes only to the strategies that read it
+    assert JacobianAggregation(Mean()).needs_jacobian
+    assert not JacobianAggregation(UPGrad()).needs_jacobian and not GradNorm.needs_jacobian
