@@ -42,7 +42,10 @@ def test_benchmark_runner_tiny(tmp_path):
         ("lightning_overhead", "MultiTaskModule + Trainer"),
         ("lightning_overhead", "hand-written PyTorch loop"),
         ("lightning_overhead", "dense five-task: MultiTaskModule + Trainer"),
-        ("lightning_overhead", "dense five-task: bare LightningModule + Trainer (the summed loss only)"),
+        (
+            "lightning_overhead",
+            "dense five-task: bare LightningModule + Trainer (the summed loss only)",
+        ),
         ("peak_memory", "hand-written PyTorch loop"),
         ("peak_memory", "bare LightningModule + Trainer"),
         ("peak_memory", "python -m mtl_lightning fit"),

@@ -235,5 +235,7 @@ def test_the_audio_commands_as_written(tmp_path):
     run_cli(tmp_path, AUDIO_FIT.split()[3:], timeout=1200)
     summary = json.loads((tmp_path / "lightning_logs/version_0/summary.json").read_text())
     tasks = {t["task"]: t for t in summary["val"]["tasks"]}
-    assert tasks["emotion"]["verdict"] == "learned"  # unseen speakers; docs: 0.750, chance 0.25
-    assert tasks["speaker"]["balanced_acc"] < 0.5  # docs: 0.306; without reversal 1.000
+    assert tasks["emotion"]["verdict"] == "learned"  # unseen speakers; docs: 0.906, chance 0.25
+    # docs: 0.556 at seed 0, 0.222-0.583 over seeds 0-6 (36 utterances: the figure moves with
+    # the CPU's kernels); without reversal 1.000. The bound holds the claim, not one machine's run
+    assert tasks["speaker"]["balanced_acc"] < 0.75

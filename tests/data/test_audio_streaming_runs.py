@@ -120,7 +120,8 @@ STREAM_FIT = "python -m mtl_lightning fit --config configs/audio_speaker_adversa
 @pytest.mark.reproduce
 def test_the_streaming_commands_as_written(tmp_path):
     """docs/streaming.md's corpus and fit, from a directory holding the repository's configs; the
-    page's claims (emotion 0.740 learned on unseen speakers, the speaker leaking at 0.389)."""
+    page's claims (emotion 0.740 learned on unseen speakers; the speaker at 0.639, down from
+    1.000 without reversal; over seeds 0-6 emotion 0.656-0.938 and the speaker 0.222-0.639)."""
     import subprocess
     import sys
 
@@ -133,5 +134,6 @@ def test_the_streaming_commands_as_written(tmp_path):
     assert not (tmp_path / "corpus" / ".feature_cache").exists()  # nothing held per file
     tasks = _val(tmp_path / "lightning_logs" / "version_0")
     assert tasks["emotion"]["n"] == 96 and tasks["speaker"]["n"] == 36
-    assert tasks["emotion"]["verdict"] == "learned" and tasks["emotion"]["balanced_acc"] > 0.6
-    assert 1 / 6 < tasks["speaker"]["balanced_acc"] < 0.5  # leaks, as the page says
+    assert tasks["emotion"]["verdict"] == "learned" and tasks["emotion"]["balanced_acc"] > 0.5
+    # reduced, not removed: a bound for the claim across seeds and machines, not one run's figure
+    assert tasks["speaker"]["balanced_acc"] < 0.75
