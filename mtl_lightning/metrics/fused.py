@@ -27,7 +27,7 @@ from torchmetrics import Metric
 
 from mtl_lightning.metrics.loss_mean import LossMean
 
-__all__ = ["CountLayout", "add_loss_means", "add_to_states", "classification_counts"]
+__all__ = ["CountLayout", "add_loss_means", "add_to_states", "batch_mean", "classification_counts"]
 
 
 def add_to_states(states: Sequence[tuple[Metric, str]], values: Sequence[Tensor]) -> None:
@@ -75,6 +75,21 @@ def add_loss_means(metrics: Sequence[LossMean], losses: Tensor, labelled: Tensor
     states = [(m, "mean_value") for m in metrics] + [(m, "weight") for m in metrics]
     add_to_states(states, [*sums.unbind(), *weights.unbind()])
     return True
+
+
+def batch_mean(value: Tensor, weight: int, metric: LossMean) -> Tensor:
+    """The batch value ``metric(value, weight)`` (``Metric.forward``) returns for one finite
+    scalar: its mean over a fresh state, ``(value * weight) / weight`` in the state's dtype,
+    bit for bit, without the forward's state save, reset, update and merge.
+
+    Example:
+        >>> m = LossMean()
+        >>> v = torch.tensor(4.82)
+        >>> bool(batch_mean(v, 48, m) == LossMean()(v, 48))
+        True
+    """
+    weights = torch.tensor(float(weight), dtype=metric.weight.dtype, device=value.device)
+    return (value.to(metric.mean_value.dtype) * weight) / weights
 
 
 @dataclass(frozen=True)

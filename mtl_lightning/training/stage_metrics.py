@@ -16,6 +16,7 @@ from mtl_lightning.metrics.fused import (
     CountLayout,
     add_loss_means,
     add_to_states,
+    batch_mean,
     classification_counts,
 )
 from mtl_lightning.tasks import TaskSpec
@@ -128,18 +129,16 @@ class StageMetrics(nn.Module):
         plan = self._plan(stage)
         tasks, total_metric = plan.tasks, plan.losses[-1]
         masks = torch.stack([step.masks[t.name] for t in tasks]) if tasks else None
+        # the tasks' mean losses, weighted by their labelled samples, and the total, weighted
+        # by the batch size (on the device: no host copy)
         losses = [step.mean_losses[t.name].detach().reshape(()) for t in tasks]
-        if step_value:  # forward: updates and caches the step value that on_step logs
-            total_metric(total.detach(), batch_size)
-        else:  # with the tasks' losses, weighted by the batch size
-            losses.append(total.detach().reshape(()))
-        if losses:
-            weights = (
-                masks.sum(dim=1) if masks is not None else total.new_zeros(0, dtype=torch.long)
-            )
-            if not step_value:  # the total's weight, on the device (no host copy)
-                weights = F.pad(weights, (0, 1), value=batch_size)
-            self._update_losses(plan.losses[: len(losses)], torch.stack(losses), weights)
+        losses.append(total.detach().reshape(()))
+        labelled = masks.sum(dim=1) if masks is not None else total.new_zeros(0, dtype=torch.long)
+        weights = F.pad(labelled, (0, 1), value=batch_size)
+        fused = self._update_losses(plan.losses, torch.stack(losses), weights, step_value)
+        if step_value and fused:  # the step value that on_step logs, as ``forward`` gives it
+            total_metric.__dict__["_forward_cache"] = batch_mean(losses[-1], batch_size,
+                                                                total_metric)  # fmt: skip
         if plan.classification:
             self._update_confusions(plan, step, masks)
         for task in tasks[len(plan.classification) :]:
@@ -173,15 +172,21 @@ class StageMetrics(nn.Module):
         return plan
 
     @staticmethod
-    def _update_losses(metrics: Sequence[LossMean], losses: Tensor, weights: Tensor) -> None:
-        """Add each mean loss, weighted by its labelled samples (the total: by the batch size),
-        to its loss mean: all at once (:func:`~mtl_lightning.metrics.fused.add_loss_means`), or
-        one by one where a loss is not finite (``MeanMetric`` warns and leaves it out)."""
+    def _update_losses(
+        metrics: Sequence[LossMean], losses: Tensor, weights: Tensor, step_value: bool
+    ) -> bool:
+        """Add each mean loss, weighted by its labelled samples (the total, last: by the batch
+        size), to its loss mean: all at once (:func:`~mtl_lightning.metrics.fused.add_loss_means`,
+        returning True), or one by one where a loss is not finite (``MeanMetric`` warns and
+        leaves it out), the total then by ``forward`` when ``step_value``."""
         if add_loss_means(metrics, losses, weights):
-            return
+            return True
         for metric, loss, count in zip(metrics, losses, weights.tolist(), strict=True):
-            if count:
+            if metric is metrics[-1] and step_value:
+                metric(loss, count)  # updates and caches the step value that on_step logs
+            elif count:
                 metric.update(loss, count)
+        return False
 
     def _update_confusions(self, plan: _StagePlan, step: StepOutputs, masks: Tensor) -> None:
         """The classification tasks' confusion matrices (and, in training, their label counts)

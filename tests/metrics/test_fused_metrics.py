@@ -117,8 +117,11 @@ def _step(gen: torch.Generator, n: int = 16) -> StepOutputs:
     return StepOutputs(torch.zeros(n, 1), targets, masks, torch.zeros(n, 2), outputs, losses)
 
 
-def _own_updates(metrics: StageMetrics, stage: str, step: StepOutputs) -> None:
-    """What StageMetrics.update did task by task before the fused update."""
+def _own_updates(
+    metrics: StageMetrics, stage: str, step: StepOutputs, total: float | None = 1.5
+) -> None:
+    """What StageMetrics.update did task by task before the fused update (the total: unless
+    None, an update of ``total`` weighted by the batch size)."""
     for task in metrics.tasks:
         name, mask = task.name, step.masks[task.name]
         labelled = int(mask.sum())
@@ -128,7 +131,9 @@ def _own_updates(metrics: StageMetrics, stage: str, step: StepOutputs) -> None:
                 name in metrics.train_class_counts) else None  # fmt: skip
             update_task_metrics(task, metrics.stage_metrics[f"{stage}_metrics"][name],
                                 step.outputs[name][mask], step.targets[name][mask], counts)  # fmt: skip
-    metrics.stage_losses[f"{stage}_losses"][TOTAL_KEY].update(torch.tensor(1.5), 16)
+    if total is not None:
+        n = next(iter(step.masks.values())).shape[0]
+        metrics.stage_losses[f"{stage}_losses"][TOTAL_KEY].update(torch.tensor(total), n)
 
 
 def test_stage_metrics_update_equals_the_task_by_task_updates():
@@ -145,3 +150,29 @@ def test_stage_metrics_update_equals_the_task_by_task_updates():
         assert torch.equal(value, expected[key]), key
     for stage in STAGES:
         assert fused.values(stage) == own.values(stage)
+
+
+def test_the_training_step_value_equals_the_total_metrics_forward():
+    """``train/loss_step``: the value the fused update caches for Lightning equals what
+    ``Metric.forward`` returned before, bit for bit, on batch sizes that are not powers of two
+    (where ``(v * n) / n`` need not round back to ``v``); the states are those of the forward
+    path, and a non-finite total still goes through ``forward`` (which warns)."""
+    fused, own = StageMetrics(TASKS), StageMetrics(TASKS)
+    gen = torch.Generator().manual_seed(3)
+    logged = {}
+
+    def log(name, value, **kwargs):
+        logged[name] = value
+
+    for n in (48, 37, 64, 5, 48):
+        step, total = _step(gen, n), torch.rand((), generator=gen) * 7
+        fused.update("train", step, total, log=log, step_value=True)
+        _own_updates(own, "train", step, total=None)
+        expected = own.stage_losses["train_losses"][TOTAL_KEY](total, n)
+        assert torch.equal(logged["train/loss"]._forward_cache, expected), n
+    for key, value in fused.state_dict().items():
+        assert torch.equal(value, own.state_dict()[key]), key
+    assert fused.values("train") == own.values("train")
+    with pytest.warns(UserWarning, match="nan"):
+        fused.update("train", _step(gen, 8), torch.tensor(float("nan")), log=log, step_value=True)
+    assert logged["train/loss"]._forward_cache.isnan()
