@@ -140,3 +140,36 @@ def test_all_finite_fast_path_and_overflow_fallback(monkeypatch):
     monkeypatch.delattr(torch.nn.utils, "get_total_norm")  # torch < 2.6
     for tensors, expected in cases:
         assert all_finite(tensors) is expected
+
+
+def test_finite_gradients_agrees_with_an_elementwise_check_and_changes_no_value(monkeypatch):
+    """The per-step gradient check (AMP's fused kernel, unscaling by 1) answers as an
+    element-by-element test does, on mixed dtypes, huge finite values, subnormals and signed
+    zeros, and leaves every gradient bit for bit as it was; without the kernel it falls back."""
+    from mtl_lightning.nonfinite import finite_gradients
+
+    generator = torch.Generator().manual_seed(0)
+    subnormal = torch.tensor([1e-45, -1e-40, -0.0, 3e38])
+    cases = [[torch.randn(5, generator=generator), subnormal.clone()]]
+    for i in range(40):
+        dtypes = [torch.float32, torch.bfloat16, torch.float64][: 1 + i % 3]
+        tensors = [torch.randn(3, 4, generator=generator).to(d) for d in dtypes]
+        tensors.append(torch.randn(4, 3, generator=generator).t())  # not contiguous
+        if i % 4:
+            bad = tensors[i % len(tensors)]
+            bad[i % bad.shape[0], i % bad.shape[1]] = [float("nan"), float("inf"), -float("inf")][i % 3]
+        cases.append(tensors)
+    for tensors in cases:
+        expected = all(bool(torch.isfinite(t).all()) for t in tensors)
+        before = [t.clone() for t in tensors]
+        assert finite_gradients(tensors) is expected
+        for t, b in zip(tensors, before, strict=True):
+            assert torch.equal(t.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    assert finite_gradients([]) is True
+
+    def missing(*args):
+        raise NotImplementedError("no kernel")
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", missing)
+    for tensors in cases[:8]:
+        assert finite_gradients(tensors) is all(bool(torch.isfinite(t).all()) for t in tensors)
