@@ -157,7 +157,8 @@ def test_finite_gradients_agrees_with_an_elementwise_check_and_changes_no_value(
         tensors.append(torch.randn(4, 3, generator=generator).t())  # not contiguous
         if i % 4:
             bad = tensors[i % len(tensors)]
-            bad[i % bad.shape[0], i % bad.shape[1]] = [float("nan"), float("inf"), -float("inf")][i % 3]
+            value = [float("nan"), float("inf"), -float("inf")][i % 3]
+            bad[i % bad.shape[0], i % bad.shape[1]] = value
         cases.append(tensors)
     for tensors in cases:
         expected = all(bool(torch.isfinite(t).all()) for t in tensors)
