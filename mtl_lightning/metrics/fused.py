@@ -95,7 +95,8 @@ def batch_mean(value: Tensor, weight: int, metric: LossMean) -> Tensor:
 class CountLayout:
     """Where, in one ``bincount`` of a batch, each classification task's ``K x K`` confusion
     matrix lies (row: target, column: prediction), then (``with_labels``) each task's ``K``
-    label counts; masked samples go to one last bin that is dropped.
+    label counts, which are its confusion matrix's row sums (``label_bins``: the label bin of
+    each confusion bin); masked samples go to one last bin that is dropped.
 
     Example:
         >>> layout = CountLayout.build((2, 3), with_labels=True, device=torch.device("cpu"))
@@ -109,19 +110,27 @@ class CountLayout:
     #: ``[C, 1]``: each task's number of classes, its confusion block's start, its label block's
     scale: Tensor
     confusion_start: Tensor
-    label_start: Tensor
+    #: ``[sum K^2]``: per confusion bin, the index of its row's label bin among the label bins
+    label_bins: Tensor
 
     @classmethod
     def build(cls, sizes: Sequence[int], with_labels: bool, device: torch.device) -> CountLayout:
         """The layout of tasks with ``sizes`` classes, its index tensors on ``device``."""
         squares = [k * k for k in sizes]
         confusion = list(itertools.accumulate([0, *squares[:-1]]))
-        labels = list(itertools.accumulate([sum(squares), *sizes[:-1]]))
+        labels = itertools.accumulate([0, *sizes[:-1]])
+        rows = [
+            start + row
+            for k, start in zip(sizes, labels, strict=True)
+            for row in range(k)
+            for _ in range(k)
+        ]
 
         def column(values: Sequence[int]) -> Tensor:
             return torch.tensor(values, dtype=torch.long, device=device).unsqueeze(1)
 
-        return cls(tuple(sizes), with_labels, column(sizes), column(confusion), column(labels))
+        bins = torch.tensor(rows, dtype=torch.long, device=device)
+        return cls(tuple(sizes), with_labels, column(sizes), column(confusion), bins)
 
     @property
     def lengths(self) -> tuple[int, ...]:
@@ -158,14 +167,16 @@ def classification_counts(
     preds = torch.stack([o.argmax(dim=-1).reshape(-1) for o in outputs])
     labels = torch.stack([t.reshape(-1).long() for t in targets])
     codes = labels * layout.scale + preds + layout.confusion_start
-    if layout.with_labels:
-        codes, masks = torch.cat([codes, labels + layout.label_start]), masks.repeat(2, 1)
     codes = torch.where(masks, codes, layout.length)
+    # the label bins stay empty here: they are filled with the confusion rows' sums
     counts = torch.bincount(codes.reshape(-1), minlength=layout.length + 1)
     if counts.numel() != layout.length + 1:  # the losses have checked the labels: a bug
         raise ValueError(
             f"a labelled class index is beyond its task's range (sizes {layout.sizes})"
         )
+    if layout.with_labels:
+        squares = layout.label_bins.numel()
+        counts[squares:-1].index_add_(0, layout.label_bins, counts[:squares])
     blocks = counts[:-1].split(layout.lengths)
     n = len(layout.sizes)
     confusions = [b.view(k, k) for b, k in zip(blocks[:n], layout.sizes, strict=True)]

@@ -7,7 +7,6 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -101,6 +100,7 @@ class StageMetrics(nn.Module):
         # counts lie in one bincount; per (stage, task names): what a batch updates
         self._layouts: dict[tuple[Any, ...], CountLayout] = {}
         self._plans: dict[tuple[Any, ...], _StagePlan] = {}
+        self._true_row: Tensor | None = None
         for metric in self._train_accumulators():
             metric.persistent(True)
 
@@ -128,14 +128,12 @@ class StageMetrics(nn.Module):
         self._registered.add(stage)
         plan = self._plan(stage)
         tasks, total_metric = plan.tasks, plan.losses[-1]
-        masks = torch.stack([step.masks[t.name] for t in tasks]) if tasks else None
         # the tasks' mean losses, weighted by their labelled samples, and the total, weighted
-        # by the batch size (on the device: no host copy)
-        losses = [step.mean_losses[t.name].detach().reshape(()) for t in tasks]
-        losses.append(total.detach().reshape(()))
-        labelled = masks.sum(dim=1) if masks is not None else total.new_zeros(0, dtype=torch.long)
-        weights = F.pad(labelled, (0, 1), value=batch_size)
-        fused = self._update_losses(plan.losses, torch.stack(losses), weights, step_value)
+        # by the batch size (a row of the masks that is all True; on the device: no host copy)
+        masks = torch.stack([*(step.masks[t.name] for t in tasks), self._all_true(step)])
+        mean_losses = step.mean_losses
+        losses = torch.stack([*(mean_losses[t.name] for t in tasks), total.reshape(())]).detach()
+        fused = self._update_losses(plan.losses, losses, masks.sum(dim=1), step_value)
         if step_value and fused:  # the step value that on_step logs, as ``forward`` gives it
             total_metric.__dict__["_forward_cache"] = batch_mean(losses[-1], batch_size,
                                                                 total_metric)  # fmt: skip
@@ -149,6 +147,16 @@ class StageMetrics(nn.Module):
         if register or step_value:
             on_step = stage == "train"
             log(f"{stage}/loss", total_metric, on_step=on_step, on_epoch=True, prog_bar=True)
+
+    def _all_true(self, step: StepOutputs) -> Tensor:
+        """``[N]`` True for the batch's ``N`` samples on its device (kept while they stay)."""
+        like = step.features
+        cached = self._true_row
+        if cached is None or cached.shape[0] != like.shape[0] or cached.device != like.device:
+            cached = self._true_row = torch.ones(
+                like.shape[0], dtype=torch.bool, device=like.device
+            )
+        return cached
 
     def _plan(self, stage: str) -> _StagePlan:
         """The stage's measured tasks, classification first, and the metrics a batch updates
