@@ -84,7 +84,8 @@ class GradientReversalSchedule(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not hasattr(pl_module, "grl_lambda"):
+        # the class first: reading the property costs a host copy of the tensor each step
+        if not hasattr(type(pl_module), "grl_lambda") and not hasattr(pl_module, "grl_lambda"):
             raise AttributeError(
                 f"{type(pl_module).__name__} has no `grl_lambda`; GradientReversalSchedule needs it"
             )

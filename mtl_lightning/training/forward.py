@@ -27,7 +27,7 @@ from mtl_lightning.validation import check_batch, unpack_batch
 if TYPE_CHECKING:
     from mtl_lightning.module import MultiTaskModule
 
-__all__ = ["forward_losses", "head_outputs", "inspect_trunk", "trunk_output"]
+__all__ = ["forward_losses", "fully_labelled", "head_outputs", "inspect_trunk", "trunk_output"]
 
 
 def inspect_trunk(trunk: nn.Module, tasks: Sequence[TaskSpec]) -> tuple[int, bool]:
@@ -128,6 +128,21 @@ def head_outputs(
     return outputs
 
 
+def fully_labelled(masks: Mapping[str, Tensor]) -> dict[str, bool]:
+    """Per task, whether its mask marks every sample of the batch labelled; one host sync
+    for all the ``[N]`` masks (one per mask where their shapes differ).
+
+    Example:
+        >>> import torch
+        >>> fully_labelled({"a": torch.tensor([True, True]), "b": torch.tensor([True, False])})
+        {'a': True, 'b': False}
+    """
+    if len({m.shape for m in masks.values()}) != 1:
+        return {name: bool(m.all()) for name, m in masks.items()}
+    flags = torch.stack(list(masks.values())).all(dim=1).tolist()
+    return dict(zip(masks, flags, strict=True))
+
+
 def forward_losses(
     host: MultiTaskModule, batch: Any, batch_idx: int, train_adversaries: bool = False
 ) -> StepOutputs:
@@ -146,10 +161,17 @@ def forward_losses(
     attacker_logits, objectives = host._attack_batch(
         embedding, erased_inputs, targets, masks, outputs, train_adversaries
     )
+    # a task whose every sample is labelled takes its loss unmasked (the same value, without
+    # a host sync per task: one for all here)
+    full = fully_labelled(masks)
     losses = {
         t.name: task_loss(
-            t, outputs[t.name], targets[t.name], masks[t.name], host.class_weights.get(t.name)
-        )
+            t,
+            outputs[t.name],
+            targets[t.name],
+            None if full[t.name] else masks[t.name],
+            host.class_weights.get(t.name),
+        )  # fmt: skip
         for t in host.tasks
     }
     if train_adversaries:  # the training pass, on every rank: one collective under DDP
