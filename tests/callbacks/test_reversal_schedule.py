@@ -6,6 +6,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from mtl_lightning import GradientReversalSchedule, MultiTaskModule, grl_lambda
 from mtl_lightning.nn import CNNTrunk
+from mtl_lightning.tasks import TaskSpec
 
 
 @pytest.mark.parametrize(
@@ -89,3 +90,24 @@ def test_resumed_run_continues_the_schedule_exactly(tmp_path, tiny_speech):
     for step, value in resumed.values.items():
         assert value == full.values[step], step
     assert model2.grl_lambda == pytest.approx(full.values[total - 1])
+
+
+def test_a_module_needs_a_settable_grl_lambda_of_its_class_or_its_own():
+    """The schedule sets a class's ``grl_lambda`` property or an instance's own attribute, and
+    names the module that has neither."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(
+        global_step=5, estimated_stepping_batches=10, log_every_n_steps=0,
+        should_stop=False, fast_dev_run=False,
+    )  # fmt: skip
+    schedule = GradientReversalSchedule("linear")
+    own = pl.LightningModule()
+    own.grl_lambda = 0.0
+    schedule.on_train_batch_start(trainer, own, None, 0)
+    assert own.grl_lambda == pytest.approx(0.5)
+    model = MultiTaskModule([TaskSpec("a", 2)])
+    schedule.on_train_batch_start(trainer, model, None, 0)
+    assert model.grl_lambda == pytest.approx(0.5)
+    with pytest.raises(AttributeError, match="LightningModule has no `grl_lambda`"):
+        schedule.on_train_batch_start(trainer, pl.LightningModule(), None, 0)

@@ -135,3 +135,42 @@ def test_inspect_trunk_reports_width_and_mask_and_warns_at_the_modules_caller() 
         MultiTaskModule([TaskSpec("c", 5)], trunk=DenseTrunk(6, widths=[2]), head_hidden=0)
     narrow = [w for w in caught if "fewer than the 5 classes" in str(w.message)]
     assert len(narrow) == 1 and narrow[0].filename == __file__
+
+
+def test_fully_labelled_tasks_take_their_loss_unmasked_with_the_same_value() -> None:
+    """``fully_labelled`` answers per task as ``mask.all()`` does (masks of other shapes one by
+    one), and each task loss of ``forward_losses`` equals ``task_loss`` with its mask, for
+    fully and partly labelled tasks of every kind."""
+    from mtl_lightning.losses import labelled_masks, task_loss
+    from mtl_lightning.training.forward import fully_labelled
+
+    masks = {"a": torch.tensor([True, True]), "b": torch.tensor([True, False])}
+    assert fully_labelled(masks) == {"a": True, "b": False}
+    odd = {"a": torch.ones(3, dtype=torch.bool), "b": torch.tensor([False, True])}
+    assert fully_labelled(odd) == {"a": True, "b": False}
+    assert fully_labelled({}) == {}
+
+    torch.manual_seed(0)
+    tasks = [
+        TaskSpec("full", 3), TaskSpec("part", 3), TaskSpec("reg", 2, kind="regression"),
+        TaskSpec("tags", 2, kind="multilabel"), TaskSpec("none", 2),
+    ]  # fmt: skip
+    n = 6
+    nan = float("nan")
+    tags = torch.tensor([[1.0, 0.0], [nan, nan], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    targets = {
+        "full": torch.randint(0, 3, (n,)),
+        "part": torch.tensor([0, -100, 2, 1, -100, 0]),
+        "reg": torch.randn(n, 2),
+        "tags": tags,
+        "none": torch.full((n,), -100),
+    }
+    model = MultiTaskModule(tasks, trunk=DenseTrunk(8, divisors=[1]), head_hidden=4)
+    batch = {"features": torch.randn(n, 8), "targets": targets}
+    step = model.forward_losses(batch, 0)
+    masks = labelled_masks(tasks, targets)
+    assert fully_labelled(masks) == {"full": True, "part": False, "reg": True, "tags": False,
+                                     "none": False}  # fmt: skip
+    for t in tasks:
+        expected = task_loss(t, step.outputs[t.name], targets[t.name], masks[t.name])
+        assert torch.equal(step.losses[t.name], expected), t.name
