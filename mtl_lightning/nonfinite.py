@@ -54,9 +54,9 @@ def finite_gradients(grads: Sequence[Tensor]) -> bool:
     On a backend without the kernel, :func:`all_finite` is used.
 
     Example:
-        >>> g = [torch.ones(2), torch.tensor([3e38, -0.0])]
+        >>> g = [torch.ones(2), torch.tensor([2.0**127, -0.0])]
         >>> finite_gradients(g), g[1].tolist()
-        (True, [3e+38, -0.0])
+        (True, [1.7014118346046923e+38, -0.0])
         >>> finite_gradients([torch.ones(2), torch.tensor([0.0, float("inf")])])
         False
     """
