@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from mtl_lightning.nonfinite import finite_gradients
 from mtl_lightning.training.diagnostics import log_cosines, task_gradients
 from mtl_lightning.training.packing import (
     ReducedGradients,
@@ -75,7 +76,7 @@ class Update:
     cosines: Tensor | None = None
 
     def finite(self) -> bool:
-        return bool(torch.isfinite(self.trunk).all() & torch.isfinite(self.heads).all())
+        return finite_gradients([self.trunk, self.heads])
 
 
 def gradient_parameters(host: MultiTaskModule) -> tuple[list[Tensor], list[Tensor]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mtl_lightning.nonfinite import finite_gradients
 from mtl_lightning.tasks import TaskSpec
 
 __all__ = [
@@ -259,7 +260,7 @@ class ReducedGradients:
             heads_bad, extra_bad = bool(self.flags[0] != 0), bool(self.flags[1] != 0)
             return culprit_message(names, per_task.tolist(), heads_bad, extra_bad)
         assert self.jacobian is not None and self.heads is not None and self.extra is not None
-        if bool(torch.isfinite(self.packed).all() & torch.isfinite(self.gramian).all()):
+        if finite_gradients([self.packed, self.gramian]):
             return None
         per_task = self.jacobian.sum(1) + self.gramian.diagonal() + self.losses
         return culprit_message(
