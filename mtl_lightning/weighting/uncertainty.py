@@ -86,7 +86,27 @@ class UncertaintyWeighting(WeightingStrategy):
         extra = [t.weight * losses[t.name] for t in tasks if t.name not in self.names]
         if extra:
             total = total + torch.stack(extra).sum()
-        scale = torch.where(self.regression, 0.5, 1.0) * torch.exp(-self.log_vars.detach())
-        weights = dict(zip(self.names, scale.tolist(), strict=True))
-        self.last_weights = {t.name: round(weights.get(t.name, 1.0) * t.weight, 6) for t in tasks}
+        # the weights of this step, made Python numbers only when read (a host copy: on the
+        # steps that log them); the log-variances change in place at the optimizer step
+        self.__dict__["_pending"] = (self.log_vars.detach().clone(), tuple(tasks))
         return total
+
+    @property
+    def last_weights(self) -> dict[str, float]:  # type: ignore[override]
+        """The last step's weights ``c_k exp(-s_k)`` (times ``TaskSpec.weight``), per task."""
+        pending = self.__dict__.pop("_pending", None)
+        if pending is not None:
+            log_vars, tasks = pending
+            scale = torch.where(self.regression.to(log_vars.device), 0.5, 1.0) * torch.exp(
+                -log_vars
+            )
+            weights = dict(zip(self.names, scale.tolist(), strict=True))
+            self.__dict__["_last_weights"] = {
+                t.name: round(weights.get(t.name, 1.0) * t.weight, 6) for t in tasks
+            }
+        return self.__dict__.get("_last_weights", {})
+
+    @last_weights.setter
+    def last_weights(self, value: dict[str, float]) -> None:
+        self.__dict__.pop("_pending", None)
+        self.__dict__["_last_weights"] = value
