@@ -1,7 +1,10 @@
 """Step time of MultiTaskModule under the Lightning Trainer vs a hand-written PyTorch loop.
 
 Same trunk, heads, data, batch size and optimizer; the hand loop computes the same losses but
-logs nothing. The two run interleaved in one process, step by step: at the start of every
+logs nothing, and reads the package's training loader (the same data path as the Trainer, so the
+ratio is the step's bookkeeping). A second hand loop reads a plain ``DataLoader`` of the same
+set, whose ``default_collate`` fetches and stacks the samples one by one: what the package's
+batched fetch (:mod:`mtl_lightning.data.collate`) saves a hand-written loop's user. The two run interleaved in one process, step by step: at the start of every
 Lightning step a callback runs one hand-loop step (its own copy of the model, optimizer and data
 iterator). A Lightning step is timed from the end of that hand step to the start of the next
 batch, so it holds the Trainer's loop, hooks, logging and data fetching; a hand step holds its
@@ -22,10 +25,12 @@ import argparse
 import platform
 import statistics
 import warnings
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 from benchmarks._interleave import cycle, fit_interleaved, to_device
 from mtl_lightning import GradientReversalSchedule, MultiTaskModule, SyntheticSpeechDataModule
@@ -60,6 +65,26 @@ def _hand_step(model, optimizer, batch) -> None:
     optimizer.step()
 
 
+def _plain_loader(data: MultiTaskDataModule) -> DataLoader:
+    """The training set in a plain ``DataLoader`` (shuffled, torch's ``default_collate``: the
+    samples fetched and stacked one by one), as a hand-written loop would read it."""
+    loader = data.train_dataloader()
+    generator = torch.Generator().manual_seed(0)
+    return DataLoader(
+        loader.dataset, batch_size=loader.batch_size, shuffle=True, generator=generator
+    )
+
+
+def _hand_contender(
+    data: MultiTaskDataModule, loader: DataLoader, device: torch.device
+) -> Callable[[], None]:
+    """One hand-loop step (its own model copy and optimizer) on the next batch of ``loader``."""
+    hand = _model(data, validate=False).train().to(device)
+    optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
+    batches = cycle(loader)
+    return lambda: _hand_step(hand, optimizer, to_device(next(batches), device))
+
+
 def interleaved(
     data: MultiTaskDataModule, steps: int, validate: bool, accelerator: str = "cpu"
 ) -> dict[str, float]:
@@ -67,13 +92,14 @@ def interleaved(
     metrics, logging and GRL schedule, each step paired with a hand-loop step. Returns the CPU
     and wall ms per step of each and the ratios of their sums over the paired steps."""
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-    hand = _model(data, validate=False).train().to(device)
-    optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
-    batches = cycle(data.train_dataloader())
+    contenders = {
+        name: _hand_contender(data, loader, device)
+        for name, loader in (("hand", data.train_dataloader()), ("plain", _plain_loader(data)))
+    }
     timed = fit_interleaved(
         _model(data, validate),
         data,
-        {"hand": lambda: _hand_step(hand, optimizer, to_device(next(batches), device))},
+        contenders,
         steps,
         baseline="hand",
         callbacks=[GradientReversalSchedule()],
@@ -81,7 +107,9 @@ def interleaved(
     )
     result = {}
     for kind in ("cpu", "wall"):
-        result[f"hand_{kind}_ms"] = timed[f"hand_{kind}_ms"]
+        for name in contenders:
+            result[f"{name}_{kind}_ms"] = timed[f"{name}_{kind}_ms"]
+        result[f"plain_{kind}_ratio"] = timed[f"plain_{kind}_ratio"]
         result[f"lightning_{kind}_ms"] = timed[f"lightning_{kind}_ms"]
         result[f"{kind}_ratio"] = timed[f"lightning_{kind}_ratio"]
     return result
@@ -120,6 +148,7 @@ def interleaved_bare(data: MultiTaskDataModule, steps: int) -> dict[str, float]:
 
 LABELS = {
     "hand": "hand-written PyTorch loop",
+    "plain": "hand-written PyTorch loop, plain DataLoader (samples collated one by one)",
     "bare": "bare LightningModule + Trainer (the summed loss only)",
     "lightning": "MultiTaskModule + Trainer",
     "lightning_nocheck": "MultiTaskModule + Trainer, validate_inputs=false",
@@ -150,6 +179,13 @@ def measure(
             "wall_ratio": 1.0,
         }
     }
+    plain = [fit for fit in fits if "plain_cpu_ms" in fit]  # beside the MultiTaskModule fits
+    if plain:
+        result["plain"] = {
+            f"{kind}_{unit}": statistics.median(f[f"plain_{kind}_{unit}"] for f in plain)
+            for kind in ("cpu", "wall")
+            for unit in ("ms", "ratio")
+        }
     for key, values in runs.items():
         result[key] = {
             name: statistics.median(v[source] for v in values)

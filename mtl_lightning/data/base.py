@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mtl_lightning.checks import DataError, check_split, warn_missing_classes
+from mtl_lightning.data.collate import StackedSamples, collate_samples
 from mtl_lightning.tasks import TaskSpec
 
 
@@ -97,6 +98,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
             sampler=ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last),
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
+            collate_fn=collate_samples,
         )
 
     @staticmethod
@@ -121,6 +123,7 @@ class MultiTaskDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(0),  # iterators leave the global RNG alone
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
+            collate_fn=collate_samples,
         )
 
 
@@ -151,6 +154,12 @@ class TensorTaskDataset(Dataset):
             "features": self.features[index],
             "targets": {name: y[index] for name, y in self.targets.items()},
         }
+
+    def __getitems__(self, indices: Sequence[int]) -> StackedSamples:
+        """A batch's samples at once (the ``DataLoader`` asks for them so):
+        :func:`~mtl_lightning.data.collate.collate_samples` collates them with one indexing
+        per tensor, any other ``collate_fn`` reads them one by one."""
+        return StackedSamples(self.features, self.targets, indices)
 
 
 def _checked_setup(setup: Callable[..., None]) -> Callable[..., None]:
