@@ -99,6 +99,33 @@ class WeightingStrategy(nn.Module):
         self.last_weights: dict[str, float] = {}
         self._reduce_mean: Callable[[Tensor], Tensor] = _identity
 
+    @property
+    def last_weights(self) -> dict[str, float]:
+        """The weights the last step applied, per task (``TaskSpec.weight`` included)."""
+        pending = self.__dict__.pop("_pending_weights", None)
+        if pending is not None:
+            self.__dict__["_last_weights"] = pending()
+        return self.__dict__.get("_last_weights", {})
+
+    @last_weights.setter
+    def last_weights(self, value: dict[str, float]) -> None:
+        self.__dict__.pop("_pending_weights", None)
+        self.__dict__["_last_weights"] = value
+
+    def _weights_when_read(self, weights: Callable[[], dict[str, float]]) -> None:
+        """Make :attr:`last_weights` ``weights()``, called only when it is read: the step's
+        weights become Python numbers (a host copy) on the steps that log them, not on every
+        step. ``weights`` must read tensors that later steps do not change in place.
+
+        Example:
+            >>> s = WeightingStrategy()
+            >>> w = torch.tensor([0.25, 0.75])
+            >>> s._weights_when_read(lambda: dict(zip("ab", w.tolist())))
+            >>> s.last_weights
+            {'a': 0.25, 'b': 0.75}
+        """
+        self.__dict__["_pending_weights"] = weights
+
     def setup(self, tasks: Sequence[TaskSpec]) -> None:
         """Called once by the host with the task list, before training."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
@@ -11,7 +10,6 @@ from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy, adam_step
-from mtl_lightning.weighting.static import weighted_sum
 
 
 def famo_weights(logits: Tensor, losses: Tensor, min_losses: Tensor, eps: float = 1e-8) -> Tensor:
@@ -185,17 +183,39 @@ class FAMO(WeightingStrategy):
         current = torch.stack([losses[n].detach().float() for n in self.names])
         if self.training:
             current = self.reduce_mean(current).to(self.logits)
-            if not bool(torch.isfinite(current).all()):
+            # one host sync for the finite check and the two flags
+            finite, stepped, has_previous = torch.stack(
+                [torch.isfinite(current).all(), self.stepped, self.has_previous]
+            ).tolist()
+            if not finite:
                 raise FloatingPointError(f"FAMO: non-finite task losses {current.tolist()}")
-            if bool(self.stepped) and bool(self.has_previous):  # next_batch, after a step
+            if stepped and has_previous:  # next_batch, after a step
                 self._update_logits(self.previous, current)
             self.previous = current
             self.has_previous.fill_(True)
             self.stepped.fill_(False)
-        weights_now = famo_weights(self.logits, current.to(self.logits), self.min_losses)
-        dynamic = dict(zip(self.names, weights_now.tolist(), strict=True))
-        weights = {t.name: dynamic.get(t.name, 1.0) * t.weight for t in tasks}
-        self.last_weights = {n: round(w, 6) for n, w in weights.items()}
-        if not all(math.isfinite(w) for w in weights.values()):
-            raise FloatingPointError(f"FAMO: non-finite weights {weights}")
-        return weighted_sum(losses, weights)
+        dynamic = famo_weights(self.logits, current.to(self.logits), self.min_losses)
+        specs = tuple(tasks)
+        if not bool(torch.isfinite(dynamic).all()):
+            raise FloatingPointError(f"FAMO: non-finite weights {self._weights(dynamic, specs)}")
+        self._weights_when_read(lambda: self._weights(dynamic, specs))
+        return self._weighted_total(losses, specs, dynamic)
+
+    def _weights(self, dynamic: Tensor, tasks: Sequence[TaskSpec]) -> dict[str, float]:
+        """Per task: its FAMO weight (1 for the adversaries) times its ``TaskSpec.weight``."""
+        values = dict(zip(self.names, dynamic.tolist(), strict=True))
+        return {t.name: round(values.get(t.name, 1.0) * t.weight, 6) for t in tasks}
+
+    def _weighted_total(
+        self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec], dynamic: Tensor
+    ) -> Tensor:
+        """``sum_k w_k L_k`` in the order of ``tasks``, the weights kept on the device: the main
+        tasks' ``dynamic[i] * TaskSpec.weight``, the adversaries' ``TaskSpec.weight``."""
+        index = {n: i for i, n in enumerate(self.names)}
+        terms = []
+        for task in tasks:
+            loss = losses[task.name]
+            if task.name in index:
+                loss = loss * dynamic[index[task.name]].to(loss.dtype)
+            terms.append(loss if task.weight == 1.0 else task.weight * loss)
+        return torch.stack(terms).sum()

@@ -86,27 +86,13 @@ class UncertaintyWeighting(WeightingStrategy):
         extra = [t.weight * losses[t.name] for t in tasks if t.name not in self.names]
         if extra:
             total = total + torch.stack(extra).sum()
-        # the weights of this step, made Python numbers only when read (a host copy: on the
-        # steps that log them); the log-variances change in place at the optimizer step
-        self.__dict__["_pending"] = (self.log_vars.detach().clone(), tuple(tasks))
+        # the log-variances change in place at the optimizer step: this step's, copied
+        log_vars, specs = self.log_vars.detach().clone(), tuple(tasks)
+        self._weights_when_read(lambda: self._weights(log_vars, specs))
         return total
 
-    @property
-    def last_weights(self) -> dict[str, float]:  # type: ignore[override]
-        """The last step's weights ``c_k exp(-s_k)`` (times ``TaskSpec.weight``), per task."""
-        pending = self.__dict__.pop("_pending", None)
-        if pending is not None:
-            log_vars, tasks = pending
-            scale = torch.where(self.regression.to(log_vars.device), 0.5, 1.0) * torch.exp(
-                -log_vars
-            )
-            weights = dict(zip(self.names, scale.tolist(), strict=True))
-            self.__dict__["_last_weights"] = {
-                t.name: round(weights.get(t.name, 1.0) * t.weight, 6) for t in tasks
-            }
-        return self.__dict__.get("_last_weights", {})
-
-    @last_weights.setter
-    def last_weights(self, value: dict[str, float]) -> None:
-        self.__dict__.pop("_pending", None)
-        self.__dict__["_last_weights"] = value
+    def _weights(self, log_vars: Tensor, tasks: Sequence[TaskSpec]) -> dict[str, float]:
+        """The weights ``c_k exp(-s_k)`` of ``log_vars`` (times ``TaskSpec.weight``), per task."""
+        scale = torch.where(self.regression.to(log_vars.device), 0.5, 1.0) * torch.exp(-log_vars)
+        weights = dict(zip(self.names, scale.tolist(), strict=True))
+        return {t.name: round(weights.get(t.name, 1.0) * t.weight, 6) for t in tasks}
