@@ -1,13 +1,15 @@
-"""Learning-rate schedules whose length follows the run (``trainer.max_epochs``)."""
+"""Optimisation helpers: learning-rate schedules whose length follows the run
+(``trainer.max_epochs``), and torch's ``foreach`` optimizer implementation on the CPU."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-__all__ = ["CosineAnnealingToMaxEpochs", "fit_schedule_to_run"]
+__all__ = ["CosineAnnealingToMaxEpochs", "fit_schedule_to_run", "foreach_on_cpu"]
 
 
 class CosineAnnealingToMaxEpochs(CosineAnnealingLR):
@@ -60,3 +62,34 @@ def fit_schedule_to_run(scheduler: Any, max_epochs: int | None) -> None:
             f"{max_epochs}; set max_epochs or the scheduler's T_max"
         )
     scheduler.T_max = int(max_epochs)
+
+
+def foreach_on_cpu(optimizer: Any) -> Any:
+    """``optimizer``, each of its parameter groups that left the implementation to torch
+    (``foreach=None``) and holds CPU tensors only set to ``foreach=True``; returned as given.
+
+    On CPU, torch's default is its for-loop implementation, which dispatches a dozen operations
+    per parameter (AdamW on the dense five-task model's 32 tensors: 1.4 ms a step, the
+    ``foreach`` one 0.8 ms). On the CPU both give the same values, bit for bit
+    (``tests/test_optim.py``); on CUDA, ``foreach`` is torch's default already.
+    Groups with ``fused``, ``capturable`` or ``differentiable`` set, or a ``foreach`` given,
+    are left alone, as is any optimizer that takes no ``foreach``.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.zeros(2))
+        >>> foreach_on_cpu(torch.optim.AdamW([w])).param_groups[0]["foreach"]
+        True
+        >>> foreach_on_cpu(torch.optim.AdamW([w], foreach=False)).param_groups[0]["foreach"]
+        False
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    for group in optimizer.param_groups:
+        if "foreach" not in group or group["foreach"] is not None:
+            continue
+        if any(group.get(flag) for flag in ("fused", "capturable", "differentiable")):
+            continue
+        params = group["params"]
+        if params and all(p.device.type == "cpu" and p.layout == torch.strided for p in params):
+            group["foreach"] = True
+    return optimizer

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lightning.optim import foreach_on_cpu
+
 
 def attacker(in_features: int, num_classes: int, hidden: int) -> nn.Sequential:
     """``BatchNorm1d(affine=False) -> Linear`` (``hidden=0``) or ``-> Linear -> ReLU -> Linear``.
@@ -78,7 +80,7 @@ class AttackerEnsemble(nn.Module):
         self.attackers = nn.ModuleList(attacker(in_features, num_classes, h) for h in self.hidden)
         self.attackers.requires_grad_(False)
         params = self.attackers.parameters()
-        self.optimizer: torch.optim.Optimizer = (
+        self.optimizer: torch.optim.Optimizer = foreach_on_cpu(
             torch.optim.SGD(params, lr=lr)
             if optimizer == "sgd"
             else torch.optim.Adam(params, lr=lr)
