@@ -76,7 +76,11 @@ def test_eraser_equals_concept_erasure_fitted_in_one_go_and_merges_rank_statisti
 
 def test_a_linear_probe_is_at_chance_on_the_data_the_eraser_was_fitted_on():
     x, y = _data(440, 16, 11, seed=3)
-    x = x + 3.0 * torch.randn(11, 16)[y]  # a strong class signal in every direction
+    # a strong class signal in every direction; its own generator, so the test does not depend
+    # on what ran before it in the process (with the global generator ~2% of states fail the
+    # interval check, which is a bootstrap interval, not a bound)
+    signal = torch.randn(11, 16, generator=torch.Generator().manual_seed(4))
+    x = x + 3.0 * signal[y]
     before = fit_probe(x, y, x, y, 11, "linear")
     eraser = LinearEraser(16, 11)
     eraser.update(x, y)
