@@ -1,10 +1,13 @@
 """Step time of MultiTaskModule under the Lightning Trainer vs a hand-written PyTorch loop.
 
 Same trunk, heads, data, batch size and optimizer; the hand loop computes the same losses but
-logs nothing, and reads the package's training loader (the same data path as the Trainer, so the
-ratio is the step's bookkeeping). A second hand loop reads a plain ``DataLoader`` of the same
-set, whose ``default_collate`` fetches and stacks the samples one by one: what the package's
-batched fetch (:mod:`mtl_lightning.data.collate`) saves a hand-written loop's user. The two run interleaved in one process, step by step: at the start of every
+logs nothing, reads the package's training loader (the same data path as the Trainer) and steps
+the same AdamW implementation as the module (``foreach``, :func:`mtl_lightning.optim.foreach_on_cpu`),
+so the ratio is the step's bookkeeping. A second hand loop is the one a user would write: a
+plain ``DataLoader`` of the same set, whose ``default_collate`` fetches and stacks the samples
+one by one, and torch's default AdamW (on the CPU its for-loop implementation): what the
+package's batched fetch (:mod:`mtl_lightning.data.collate`) and optimizer choice save against
+it. The loops run interleaved in one process, step by step: at the start of every
 Lightning step a callback runs one hand-loop step (its own copy of the model, optimizer and data
 iterator). A Lightning step is timed from the end of that hand step to the start of the next
 batch, so it holds the Trainer's loop, hooks, logging and data fetching; a hand step holds its
@@ -36,6 +39,7 @@ from benchmarks._interleave import cycle, fit_interleaved, to_device
 from mtl_lightning import GradientReversalSchedule, MultiTaskModule, SyntheticSpeechDataModule
 from mtl_lightning.data import MultiTaskDataModule, SyntheticTabularDataModule
 from mtl_lightning.nn import DenseTrunk
+from mtl_lightning.optim import foreach_on_cpu
 
 warnings.filterwarnings("ignore")
 
@@ -76,11 +80,14 @@ def _plain_loader(data: MultiTaskDataModule) -> DataLoader:
 
 
 def _hand_contender(
-    data: MultiTaskDataModule, loader: DataLoader, device: torch.device
+    data: MultiTaskDataModule, loader: DataLoader, device: torch.device, foreach: bool = True
 ) -> Callable[[], None]:
-    """One hand-loop step (its own model copy and optimizer) on the next batch of ``loader``."""
+    """One hand-loop step (its own model copy and optimizer) on the next batch of ``loader``;
+    the module's AdamW implementation with ``foreach``, torch's default without."""
     hand = _model(data, validate=False).train().to(device)
     optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
+    if foreach:
+        optimizer = foreach_on_cpu(optimizer)
     batches = cycle(loader)
     return lambda: _hand_step(hand, optimizer, to_device(next(batches), device))
 
@@ -93,8 +100,8 @@ def interleaved(
     and wall ms per step of each and the ratios of their sums over the paired steps."""
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     contenders = {
-        name: _hand_contender(data, loader, device)
-        for name, loader in (("hand", data.train_dataloader()), ("plain", _plain_loader(data)))
+        "hand": _hand_contender(data, data.train_dataloader(), device),
+        "plain": _hand_contender(data, _plain_loader(data), device, foreach=False),
     }
     timed = fit_interleaved(
         _model(data, validate),
@@ -129,13 +136,13 @@ class BareModule(pl.LightningModule):
         return sum(F.cross_entropy(outputs[t], y) for t, y in batch["targets"].items())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+        return foreach_on_cpu(torch.optim.AdamW(self.parameters(), lr=1e-3))
 
 
 def interleaved_bare(data: MultiTaskDataModule, steps: int) -> dict[str, float]:
     """:func:`interleaved` for :class:`BareModule` (no GRL schedule: it has no reversal)."""
     hand = _model(data, validate=False).train()
-    optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
+    optimizer = foreach_on_cpu(torch.optim.AdamW(hand.parameters(), lr=1e-3))
     batches = cycle(data.train_dataloader())
     step = {"hand": lambda: _hand_step(hand, optimizer, next(batches))}
     timed = fit_interleaved(BareModule(data), data, step, steps, baseline="hand")
@@ -148,7 +155,7 @@ def interleaved_bare(data: MultiTaskDataModule, steps: int) -> dict[str, float]:
 
 LABELS = {
     "hand": "hand-written PyTorch loop",
-    "plain": "hand-written PyTorch loop, plain DataLoader (samples collated one by one)",
+    "plain": "hand-written PyTorch loop as a user writes it: plain DataLoader, default AdamW",
     "bare": "bare LightningModule + Trainer (the summed loss only)",
     "lightning": "MultiTaskModule + Trainer",
     "lightning_nocheck": "MultiTaskModule + Trainer, validate_inputs=false",
