@@ -10,6 +10,7 @@ Times are this process's CPU time (one torch thread: the work done) and wall tim
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -17,7 +18,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-__all__ = ["Interleaved", "cycle", "fit_interleaved", "to_device"]
+__all__ = ["Interleaved", "cycle", "fit_interleaved", "outside_lightning", "to_device"]
+
+#: set by ``import lightning`` (so that checking for CUDA does not initialise it): torch then
+#: answers ``torch.cuda.is_available()``, which every ``Optimizer.step`` asks, through NVML,
+#: and on a machine without NVML (a CUDA build of torch, no GPU driver) it tries to load the
+#: library again on every call (0.1-0.4 ms here)
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 Step = Callable[[], None]
 
@@ -26,6 +33,22 @@ def cycle(loader: Any) -> Iterator[Any]:
     """The loader's batches, epoch after epoch."""
     while True:
         yield from loader
+
+
+def outside_lightning(step: Step) -> Step:
+    """``step`` run as in a process that never imported Lightning: without :data:`NVML_CHECK`
+    in the environment (restored afterwards). Where NVML cannot be loaded, torch's answer is
+    the same either way (it falls back to the CUDA runtime's count); only the failed load goes."""
+
+    def run() -> None:
+        saved = os.environ.pop(NVML_CHECK, None)
+        try:
+            step()
+        finally:
+            if saved is not None:
+                os.environ[NVML_CHECK] = saved
+
+    return run
 
 
 class Interleaved(pl.Callback):

@@ -25,7 +25,7 @@ from benchmarks._interleave import cycle, timing_trainer
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.data import SyntheticTabularDataModule, TensorTaskDataset
 from mtl_lightning.nn import DenseTrunk
-from mtl_lightning.optim import foreach_on_cpu
+from mtl_lightning.optim import fused_on_cpu
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting import StaticWeighting, WeightingStrategy
 
@@ -159,7 +159,7 @@ def _hand_loop(setting: Setting, total: Callable[[Tensor], Tensor], extra: list[
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0})
-    optimizer = foreach_on_cpu(torch.optim.AdamW(groups, lr=1e-3))  # as the module's
+    optimizer = fused_on_cpu(torch.optim.AdamW(groups, lr=1e-3))  # as the module's
     names = [t.name for t in setting.tasks]
     batches = cycle(setting.loader())
 

@@ -34,7 +34,7 @@ from benchmarks.lightning_overhead import make_data
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.data import MultiTaskDataModule, SyntheticTabularDataModule
 from mtl_lightning.nn import DenseTrunk
-from mtl_lightning.optim import foreach_on_cpu
+from mtl_lightning.optim import fused_on_cpu
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting import JacobianAggregation
 
@@ -68,7 +68,7 @@ def _steps(
 
     def contender(kind: str) -> Callable[[], None]:
         model = _model(tasks, dense, aggregate=False).train().to(device)
-        optimizer = foreach_on_cpu(torch.optim.AdamW(model.parameters(), lr=1e-3))  # as the module
+        optimizer = fused_on_cpu(torch.optim.AdamW(model.parameters(), lr=1e-3))  # as the module
         shared = [p for p in model.trunk.parameters() if p.requires_grad]
         heads = [p for t in names for p in model.heads[t].parameters()]
         batches = cycle(data.train_dataloader())

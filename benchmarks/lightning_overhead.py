@@ -2,12 +2,15 @@
 
 Same trunk, heads, data, batch size and optimizer; the hand loop computes the same losses but
 logs nothing, reads the package's training loader (the same data path as the Trainer) and steps
-the same AdamW implementation as the module (``foreach``, :func:`mtl_lightning.optim.foreach_on_cpu`),
-so the ratio is the step's bookkeeping. A second hand loop is the one a user would write: a
-plain ``DataLoader`` of the same set, whose ``default_collate`` fetches and stacks the samples
-one by one, and torch's default AdamW (on the CPU its for-loop implementation): what the
-package's batched fetch (:mod:`mtl_lightning.data.collate`) and optimizer choice save against
-it. The loops run interleaved in one process, step by step: at the start of every
+the same AdamW implementation as the module (on the CPU ``fused``,
+:func:`mtl_lightning.optim.fused_on_cpu`), so the ratio is the step's bookkeeping. A second hand
+loop is the one a user would write: a plain ``DataLoader`` of the same set, whose
+``default_collate`` fetches and stacks the samples one by one, and torch's default AdamW (on the
+CPU its for-loop implementation): what the package's batched fetch
+(:mod:`mtl_lightning.data.collate`) and optimizer choice save against it. A third is the first
+run as in a process that never imported Lightning (:func:`benchmarks._interleave.outside_lightning`):
+Lightning's import makes torch check for CUDA through NVML, which every ``Optimizer.step`` asks
+and which, where NVML cannot be loaded, costs a failed library load per step. The loops run interleaved in one process, step by step: at the start of every
 Lightning step a callback runs one hand-loop step (its own copy of the model, optimizer and data
 iterator). A Lightning step is timed from the end of that hand step to the start of the next
 batch, so it holds the Trainer's loop, hooks, logging and data fetching; a hand step holds its
@@ -35,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from benchmarks._interleave import cycle, fit_interleaved, to_device
+from benchmarks._interleave import cycle, fit_interleaved, outside_lightning, to_device
 from mtl_lightning import GradientReversalSchedule, MultiTaskModule, SyntheticSpeechDataModule
 from mtl_lightning.data import MultiTaskDataModule, SyntheticTabularDataModule
 from mtl_lightning.nn import DenseTrunk
-from mtl_lightning.optim import foreach_on_cpu
+from mtl_lightning.optim import fused_on_cpu
 
 warnings.filterwarnings("ignore")
 
@@ -80,14 +83,14 @@ def _plain_loader(data: MultiTaskDataModule) -> DataLoader:
 
 
 def _hand_contender(
-    data: MultiTaskDataModule, loader: DataLoader, device: torch.device, foreach: bool = True
+    data: MultiTaskDataModule, loader: DataLoader, device: torch.device, fast: bool = True
 ) -> Callable[[], None]:
     """One hand-loop step (its own model copy and optimizer) on the next batch of ``loader``;
-    the module's AdamW implementation with ``foreach``, torch's default without."""
+    the module's AdamW implementation with ``fast``, torch's default without."""
     hand = _model(data, validate=False).train().to(device)
     optimizer = torch.optim.AdamW(hand.parameters(), lr=1e-3)
-    if foreach:
-        optimizer = foreach_on_cpu(optimizer)
+    if fast:
+        optimizer = fused_on_cpu(optimizer)
     batches = cycle(loader)
     return lambda: _hand_step(hand, optimizer, to_device(next(batches), device))
 
@@ -101,7 +104,8 @@ def interleaved(
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     contenders = {
         "hand": _hand_contender(data, data.train_dataloader(), device),
-        "plain": _hand_contender(data, _plain_loader(data), device, foreach=False),
+        "plain": _hand_contender(data, _plain_loader(data), device, fast=False),
+        "outside": outside_lightning(_hand_contender(data, data.train_dataloader(), device)),
     }
     timed = fit_interleaved(
         _model(data, validate),
@@ -117,6 +121,7 @@ def interleaved(
         for name in contenders:
             result[f"{name}_{kind}_ms"] = timed[f"{name}_{kind}_ms"]
         result[f"plain_{kind}_ratio"] = timed[f"plain_{kind}_ratio"]
+        result[f"outside_{kind}_ratio"] = timed[f"outside_{kind}_ratio"]
         result[f"lightning_{kind}_ms"] = timed[f"lightning_{kind}_ms"]
         result[f"{kind}_ratio"] = timed[f"lightning_{kind}_ratio"]
     return result
@@ -136,13 +141,13 @@ class BareModule(pl.LightningModule):
         return sum(F.cross_entropy(outputs[t], y) for t, y in batch["targets"].items())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return foreach_on_cpu(torch.optim.AdamW(self.parameters(), lr=1e-3))
+        return fused_on_cpu(torch.optim.AdamW(self.parameters(), lr=1e-3))
 
 
 def interleaved_bare(data: MultiTaskDataModule, steps: int) -> dict[str, float]:
     """:func:`interleaved` for :class:`BareModule` (no GRL schedule: it has no reversal)."""
     hand = _model(data, validate=False).train()
-    optimizer = foreach_on_cpu(torch.optim.AdamW(hand.parameters(), lr=1e-3))
+    optimizer = fused_on_cpu(torch.optim.AdamW(hand.parameters(), lr=1e-3))
     batches = cycle(data.train_dataloader())
     step = {"hand": lambda: _hand_step(hand, optimizer, next(batches))}
     timed = fit_interleaved(BareModule(data), data, step, steps, baseline="hand")
@@ -156,6 +161,7 @@ def interleaved_bare(data: MultiTaskDataModule, steps: int) -> dict[str, float]:
 LABELS = {
     "hand": "hand-written PyTorch loop",
     "plain": "hand-written PyTorch loop as a user writes it: plain DataLoader, default AdamW",
+    "outside": "hand-written PyTorch loop, in a process without Lightning's NVML-based CUDA check",
     "bare": "bare LightningModule + Trainer (the summed loss only)",
     "lightning": "MultiTaskModule + Trainer",
     "lightning_nocheck": "MultiTaskModule + Trainer, validate_inputs=false",
@@ -186,13 +192,14 @@ def measure(
             "wall_ratio": 1.0,
         }
     }
-    plain = [fit for fit in fits if "plain_cpu_ms" in fit]  # beside the MultiTaskModule fits
-    if plain:
-        result["plain"] = {
-            f"{kind}_{unit}": statistics.median(f[f"plain_{kind}_{unit}"] for f in plain)
-            for kind in ("cpu", "wall")
-            for unit in ("ms", "ratio")
-        }
+    for name in ("plain", "outside"):
+        paired = [fit for fit in fits if f"{name}_cpu_ms" in fit]  # beside the module's fits
+        if paired:
+            result[name] = {
+                f"{kind}_{unit}": statistics.median(f[f"{name}_{kind}_{unit}"] for f in paired)
+                for kind in ("cpu", "wall")
+                for unit in ("ms", "ratio")
+            }
     for key, values in runs.items():
         result[key] = {
             name: statistics.median(v[source] for v in values)

@@ -22,7 +22,7 @@ from torch import Tensor
 from mtl_lightning.adversary import LinearEraser
 from mtl_lightning.adversary.config import as_config, config_dict
 from mtl_lightning.metrics.confusion import confusion_counts
-from mtl_lightning.optim import foreach_on_cpu
+from mtl_lightning.optim import fused_on_cpu
 from mtl_lightning.probe import (
     balanced_accuracy_present,
     embed_dataset,
@@ -89,7 +89,7 @@ def retrain_heads(
     torch.manual_seed(seed)
     heads = [t for t in model.tasks if t.name in model.heads and not t.adversarial]
     params = [p for t in heads for p in model.heads[t.name].parameters()]
-    optimizer = foreach_on_cpu(torch.optim.Adam(params, lr=1e-3))
+    optimizer = fused_on_cpu(torch.optim.Adam(params, lr=1e-3))
     masks = model.labelled_masks(labels)
     model.train()
     for _ in range(epochs):

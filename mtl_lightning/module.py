@@ -26,7 +26,7 @@ from mtl_lightning.losses import ClassWeights, labelled_masks, task_loss
 from mtl_lightning.nn import CNNTrunk, GradientReversal
 from mtl_lightning.nn.heads import decode, task_heads
 from mtl_lightning.nonfinite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
-from mtl_lightning.optim import foreach_on_cpu
+from mtl_lightning.optim import fused_on_cpu
 from mtl_lightning.tasks import TaskSpec, validate_tasks
 from mtl_lightning.training import trainer_adapters as adapters
 from mtl_lightning.training.aggregated import GradientStep
@@ -475,12 +475,12 @@ class MultiTaskModule(AdversarySteps, NonFiniteGuard, pl.LightningModule):
         """The optimizer over the model's parameters (the attackers have their own), and a
         second group, with ``weight_decay=0``, for the weighting strategy's own parameters
         (uncertainty weighting's log-variances) when it has any. On the CPU, groups that leave
-        the implementation to torch take its ``foreach`` one (same values, fewer dispatches:
-        :func:`~mtl_lightning.optim.foreach_on_cpu`)."""
+        the implementation to torch take its ``fused`` one for Adam and AdamW, ``foreach``
+        otherwise (fewer dispatches: :func:`~mtl_lightning.optim.fused_on_cpu`)."""
         # the attackers have their own optimizer (their parameters never require gradients)
         attackers, strategy = self.adversaries.parameters(), self.weighting.parameters()
         groups = param_groups(self.parameters(), attackers, strategy)
-        optimizer = foreach_on_cpu(self.optimizer_factory(groups))
+        optimizer = fused_on_cpu(self.optimizer_factory(groups))
         for adversary in self.adversaries.values():
             adversary.set_base_lr(float(optimizer.param_groups[0]["lr"]))
         return with_scheduler(optimizer, self.scheduler_factory, self._trainer)

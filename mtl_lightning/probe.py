@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mtl_lightning.metrics.confusion import confusion_counts
-from mtl_lightning.optim import foreach_on_cpu
+from mtl_lightning.optim import fused_on_cpu
 from mtl_lightning.summary import update_summary
 
 
@@ -130,7 +130,7 @@ def fit_probe(
     torch.manual_seed(seed)
     mean, std = train_z.mean(0), train_z.std(0).clamp_min(1e-6)
     model = _probe_model(kind, train_z.shape[1], num_classes)
-    optimizer = foreach_on_cpu(torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4))
+    optimizer = fused_on_cpu(torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4))
     x = (train_z - mean) / std
     for _ in range(steps):
         optimizer.zero_grad()

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtl_lightning.optim import foreach_on_cpu
+from mtl_lightning.optim import fused_on_cpu
 
 
 def attacker(in_features: int, num_classes: int, hidden: int) -> nn.Sequential:
@@ -80,7 +80,7 @@ class AttackerEnsemble(nn.Module):
         self.attackers = nn.ModuleList(attacker(in_features, num_classes, h) for h in self.hidden)
         self.attackers.requires_grad_(False)
         params = self.attackers.parameters()
-        self.optimizer: torch.optim.Optimizer = foreach_on_cpu(
+        self.optimizer: torch.optim.Optimizer = fused_on_cpu(
             torch.optim.SGD(params, lr=lr)
             if optimizer == "sgd"
             else torch.optim.Adam(params, lr=lr)

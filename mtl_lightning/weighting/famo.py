@@ -211,6 +211,11 @@ class FAMO(WeightingStrategy):
     ) -> Tensor:
         """``sum_k w_k L_k`` in the order of ``tasks``, the weights kept on the device: the main
         tasks' ``dynamic[i] * TaskSpec.weight``, the adversaries' ``TaskSpec.weight``."""
+        plain = [t.name for t in tasks] == self.names and all(t.weight == 1.0 for t in tasks)
+        if plain and len({losses[n].dtype for n in self.names}) == 1:
+            stacked = torch.stack([losses[n] for n in self.names])
+            # the same products and sum as the loop below, in two operations
+            return (stacked * dynamic.to(stacked.dtype)).sum()
         index = {n: i for i, n in enumerate(self.names)}
         terms = []
         for task in tasks:

@@ -81,7 +81,10 @@ class UncertaintyWeighting(WeightingStrategy):
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
         static = {t.name: t.weight for t in tasks}
-        main = torch.stack([losses[n] * static[n] for n in self.names])
+        # a weight of exactly 1 multiplies by nothing (the same value, one op less per task)
+        main = torch.stack(
+            [losses[n] if static[n] == 1.0 else losses[n] * static[n] for n in self.names]
+        )
         total = uncertainty_total(main, self.log_vars.to(main.dtype), self.regression)
         extra = [t.weight * losses[t.name] for t in tasks if t.name not in self.names]
         if extra:

@@ -251,6 +251,24 @@ def test_famo_raises_the_weight_of_the_task_that_is_not_improving():
     assert float(z[1]) > float(z[0])  # task b stalls, so its logit grows
 
 
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0), (1.0, 0.5, 1.0)])
+def test_famo_total_is_the_weighted_sum_term_by_term_bit_for_bit(weights):
+    tasks = [TaskSpec(n, 2, weight=w) for n, w in zip("abc", weights, strict=True)]
+    f = FAMO(update="next_batch")
+    f.setup(tasks)
+    f.logits = torch.tensor([0.3, -0.2, 0.1])
+    values = torch.tensor([1.7, 0.9, 2.3], requires_grad=True)
+    losses = dict(zip("abc", values.unbind(), strict=True))
+    total = f(losses, tasks)
+    dynamic = famo_weights(f.logits, values.detach(), f.min_losses)
+    terms = [w * (values[i] * dynamic[i]) for i, w in enumerate(weights)]
+    expected = torch.stack(terms).sum()
+    assert torch.equal(total, expected)
+    (grad,) = torch.autograd.grad(total, values)
+    (expected_grad,) = torch.autograd.grad(expected, values)
+    assert torch.equal(grad, expected_grad)
+
+
 def test_gradnorm_step_by_hand():
     w = gradnorm_update(
         torch.tensor([1.0, 1.0]),
