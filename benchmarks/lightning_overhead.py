@@ -8,10 +8,11 @@ loop is the one a user would write: a plain ``DataLoader`` of the same set, whos
 ``default_collate`` fetches and stacks the samples one by one, and torch's default AdamW (on the
 CPU its for-loop implementation): what the package's batched fetch
 (:mod:`mtl_lightning.data.collate`) and optimizer choice save against it. A third is the first
-run as in a process that never imported Lightning (:func:`benchmarks._interleave.outside_lightning`):
-Lightning's import makes torch check for CUDA through NVML, which every ``Optimizer.step`` asks
-and which, where NVML cannot be loaded, costs a failed library load per step. The loops run interleaved in one process, step by step: at the start of every
-Lightning step a callback runs one hand-loop step (its own copy of the model, optimizer and data
+run as in a process that never imported Lightning
+(:func:`benchmarks._interleave.outside_lightning`): Lightning's import makes torch check for
+CUDA through NVML, which every ``Optimizer.step`` asks and which, where NVML cannot be loaded,
+costs a failed library load per step. The loops run interleaved in one process, step by step:
+at the start of every Lightning step a callback runs one hand-loop step (its own copy of the model, optimizer and data
 iterator). A Lightning step is timed from the end of that hand step to the start of the next
 batch, so it holds the Trainer's loop, hooks, logging and data fetching; a hand step holds its
 own data fetching. On a shared machine whose speed drifts by 10% within seconds, two adjacent
