@@ -100,12 +100,18 @@ class SteppedFit:
     time and this process's CPU time over a :meth:`step` is that step's work. Construction runs
     the fit's set-up up to its first step (not part of any step); :meth:`close` ends it."""
 
-    def __init__(self, model: pl.LightningModule, loader: DataLoader, max_steps: int) -> None:
+    def __init__(
+        self,
+        model: pl.LightningModule,
+        loader: DataLoader,
+        max_steps: int,
+        accelerator: str = "cpu",
+    ) -> None:
         self._go, self._paused = threading.Semaphore(0), threading.Semaphore(0)
         self._stopping = self._ended = False
         self._error: BaseException | None = None
         # close() stops it at the start of the step after the last
-        trainer = timing_trainer(max_steps + 1, [_Gate(self)])
+        trainer = timing_trainer(max_steps + 1, [_Gate(self)], accelerator)
         args = (trainer, model, loader, torch.get_num_threads())
         self._thread = threading.Thread(target=self._fit, args=args, daemon=True)
         self._thread.start()

@@ -9,7 +9,11 @@ logging), each step interleaved with one step of (:mod:`benchmarks._interleave`)
 - ``hand K-pass``: the same algorithm written bare: one ``autograd.grad`` per task over the
   trunk's parameters, the stacked Jacobian aggregated by ``UPGrad()``, the heads' gradients of
   the summed loss, written into ``.grad``;
-- ``plain sum``: a hand loop of the summed loss (what one step costs without aggregation).
+- ``plain sum``: a hand loop of the summed loss (what one step costs without aggregation);
+- ``torchjd mtl_backward under the Trainer``: torchjd's path in a bare ``LightningModule``
+  (manual optimisation, nothing logged or checked) fitted by its own ``Trainer``, one whole
+  Trainer step per step (:class:`benchmarks._weighting_models.SteppedFit`): the package
+  against it is the gradient path and the bookkeeping, with the Trainer's loop on both sides.
 
 Both models of :mod:`benchmarks.lightning_overhead` (the CNN and the dense five-task model) and
 K = 2 and 5 tasks. Ratios are to ``torchjd mtl_backward`` in the same fit.
@@ -23,6 +27,7 @@ import statistics
 import warnings
 from collections.abc import Callable
 
+import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,6 +35,7 @@ from torchjd.aggregation import UPGrad
 from torchjd.autojac import jac_to_grad, mtl_backward
 
 from benchmarks._interleave import cycle, fit_interleaved, to_device
+from benchmarks._weighting_models import SteppedFit
 from benchmarks.lightning_overhead import make_data
 from mtl_lightning import MultiTaskModule
 from mtl_lightning.data import MultiTaskDataModule, SyntheticTabularDataModule
@@ -40,7 +46,8 @@ from mtl_lightning.weighting import JacobianAggregation
 
 warnings.filterwarnings("ignore")
 
-CONTENDERS = ("torchjd mtl_backward", "hand K-pass", "plain sum")
+TRAINER = "torchjd mtl_backward under the Trainer"
+CONTENDERS = ("torchjd mtl_backward", "hand K-pass", "plain sum", TRAINER)
 
 
 def _model(tasks: list[TaskSpec], dense: bool, aggregate: bool) -> MultiTaskModule:
@@ -58,10 +65,37 @@ def _losses(model: MultiTaskModule, batch: dict) -> tuple[Tensor, list[Tensor]]:
     return embedding, losses
 
 
+class TorchjdModule(pl.LightningModule):
+    """torchjd's native path as a bare ``LightningModule``: ``mtl_backward`` on the model's
+    task losses, ``jac_to_grad`` of its trunk with UPGrad, the module's AdamW; no metric, log,
+    check or hook of the package."""
+
+    def __init__(self, tasks: list[TaskSpec], dense: bool) -> None:
+        super().__init__()
+        self.model = _model(tasks, dense, aggregate=False)
+        self.names = [t.name for t in tasks]
+        self.shared = [p for p in self.model.trunk.parameters() if p.requires_grad]
+        self.upgrad = UPGrad()
+        self.automatic_optimization = False
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        batch = {**batch, "targets": {t: batch["targets"][t] for t in self.names}}
+        embedding, losses = _losses(self.model, batch)
+        mtl_backward(losses, features=embedding)
+        jac_to_grad(self.shared, self.upgrad)
+        optimizer.step()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return fused_on_cpu(torch.optim.AdamW(self.model.parameters(), lr=1e-3))
+
+
 def _steps(
     tasks: list[TaskSpec], data: MultiTaskDataModule, device: torch.device
 ) -> dict[str, Callable[[], None]]:
-    """One step function per contender, each on its own model copy, optimizer and batches."""
+    """One step function per contender but the Trainer's, each on its own model copy,
+    optimizer and batches."""
     dense = isinstance(data, SyntheticTabularDataModule)
     names = [t.name for t in tasks]
     upgrad = UPGrad()
@@ -98,7 +132,7 @@ def _steps(
 
         return step
 
-    return {kind: contender(kind) for kind in CONTENDERS}
+    return {kind: contender(kind) for kind in CONTENDERS if kind != TRAINER}
 
 
 def measure(
@@ -120,11 +154,17 @@ def measure(
     for _ in range(trials):
         package = _model(tasks, model == "dense", aggregate=True)
         contenders = _steps(tasks, data, device)
-        fits.append(
-            fit_interleaved(
-                package, data, contenders, steps, "torchjd mtl_backward", accelerator=accelerator
+        # called warm-up + steps + 1 times (fit_interleaved's default warm-up: 3)
+        trainer_fit = SteppedFit(TorchjdModule(tasks, model == "dense"),
+                                 data.train_dataloader(), steps + 5, accelerator)  # fmt: skip
+        contenders[TRAINER] = trainer_fit.step
+        baseline = "torchjd mtl_backward"
+        try:
+            fits.append(
+                fit_interleaved(package, data, contenders, steps, baseline, accelerator=accelerator)
             )
-        )
+        finally:
+            trainer_fit.close()
     return {
         name: {
             f"{kind}_{unit}": statistics.median(f[f"{name}_{kind}_{unit}"] for f in fits)

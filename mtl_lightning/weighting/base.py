@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from mtl_lightning.tasks import TaskSpec
 
 GradientLevel = Literal["shared", "rep"]
+Number = TypeVar("Number", Tensor, float)
 
 
 def _identity(tensor: Tensor) -> Tensor:
@@ -19,30 +20,33 @@ def _identity(tensor: Tensor) -> Tensor:
 
 
 def adam_step(
-    param: Tensor,
-    grad: Tensor,
-    moments: tuple[Tensor, Tensor],
+    param: Number,
+    grad: Number,
+    moments: tuple[Number, Number],
     step: int,
     lr: float,
     weight_decay: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Number, Number, Number]:
     """One step of :class:`torch.optim.Adam` (L2 ``weight_decay``, betas 0.9/0.999, eps 1e-8).
 
     ``step`` counts from 1; returns the new parameter and first and second moments, so that
-    strategies keep them in checkpointed buffers.
+    strategies keep them in checkpointed buffers. Works elementwise on tensors and on Python
+    floats alike (FAMO steps its few logits on the host).
 
     Example:
         >>> p, g = torch.tensor([1.0, -2.0]), torch.tensor([0.5, -3.0])
         >>> new, m, v = adam_step(p, g, (torch.zeros(2), torch.zeros(2)), 1, lr=0.1)
         >>> new  # the first step moves every coordinate by lr against its gradient's sign
         tensor([ 0.9000, -1.9000])
+        >>> round(adam_step(1.0, 0.5, (0.0, 0.0), 1, lr=0.1)[0], 6)
+        0.9
     """
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     grad = grad + weight_decay * param
     m = beta1 * moments[0] + (1 - beta1) * grad
     v = beta2 * moments[1] + (1 - beta2) * grad * grad
     m_hat, v_hat = m / (1 - beta1**step), v / (1 - beta2**step)
-    return param - lr * m_hat / (v_hat.sqrt() + eps), m, v
+    return param - lr * m_hat / (v_hat**0.5 + eps), m, v
 
 
 def rerun_losses(

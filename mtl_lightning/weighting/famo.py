@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy, adam_step
+
+
+def _softmax(values: Sequence[float]) -> list[float]:
+    top = max(values, default=0.0)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def famo_weight_values(
+    logits: Sequence[float],
+    losses: Sequence[float],
+    min_losses: Sequence[float],
+    eps: float = 1e-8,
+) -> list[float]:
+    """:func:`famo_weights` on Python numbers (float64), as :class:`FAMO` computes them on
+    the host: ``K`` numbers take microseconds there, against some 25 tensor operations.
+
+    Example:
+        >>> famo_weight_values([0.0, 0.0], [1.0, 3.0], [0.0, 0.0], eps=0.0)
+        [1.5, 0.5]
+    """
+    present = [loss > low for loss, low in zip(losses, min_losses, strict=True)]
+    raw = [
+        z / (loss - low + eps) if here else 0.0
+        for z, loss, low, here in zip(_softmax(logits), losses, min_losses, present, strict=True)
+    ]
+    total = sum(raw)
+    return [sum(present) * r / total if total > 0 else 0.0 for r in raw]
 
 
 def famo_weights(logits: Tensor, losses: Tensor, min_losses: Tensor, eps: float = 1e-8) -> Tensor:
@@ -20,7 +50,8 @@ def famo_weights(logits: Tensor, losses: Tensor, min_losses: Tensor, eps: float 
     sample has ``L_k = 0``) gets weight 0 and the objective is taken over the others:
     ``z = softmax(logits)``, ``c = sum_k z_k / (L_k - m_k)`` and ``w_k = z_k / (c (L_k - m_k))``,
     which sum to 1, scaled by the number of present tasks so the plain sum's learning rate
-    carries over (``K`` when every task is labelled).
+    carries over (``K`` when every task is labelled). Computed in float64 on the host
+    (:func:`famo_weight_values`), returned in ``logits``' dtype and device.
 
     Example:
         >>> famo_weights(torch.zeros(2), torch.tensor([1.0, 3.0]), torch.zeros(2))
@@ -28,10 +59,38 @@ def famo_weights(logits: Tensor, losses: Tensor, min_losses: Tensor, eps: float 
         >>> famo_weights(torch.zeros(3), torch.tensor([1.0, 0.0, 3.0]), torch.zeros(3))
         tensor([1.5000, 0.0000, 0.5000])
     """
-    present = losses > min_losses
-    z = torch.softmax(logits, dim=0)
-    raw = torch.where(present, z / (losses - min_losses + eps), 0.0)
-    return present.sum() * raw / raw.sum().clamp_min(torch.finfo(raw.dtype).tiny)
+    values = famo_weight_values(logits.tolist(), losses.tolist(), min_losses.tolist(), eps)
+    return torch.tensor(values, dtype=logits.dtype, device=logits.device)
+
+
+def famo_logit_gradient_values(
+    logits: Sequence[float],
+    previous: Sequence[float],
+    current: Sequence[float],
+    min_losses: Sequence[float],
+    eps: float = 1e-8,
+) -> list[float]:
+    """:func:`famo_logit_gradient` on Python numbers (float64), as :class:`FAMO` computes it.
+
+    Example:
+        >>> [round(g, 4) for g in famo_logit_gradient_values([0.0, 0.0], [1.0, 1.0],
+        ...                                                  [0.5, 1.0], [0.0, 0.0])]
+        [0.1733, -0.1733]
+    """
+    keep = [
+        before > low and after > low
+        for before, after, low in zip(previous, current, min_losses, strict=True)
+    ]
+    delta = [
+        math.log(before - low + eps) - math.log(after - low + eps) if kept else 0.0
+        for before, after, low, kept in zip(previous, current, min_losses, keep, strict=True)
+    ]
+    z = [p if kept else 0.0 for p, kept in zip(_softmax(logits), keep, strict=True)]
+    total = sum(z)
+    z = [p / total if total > 0 else 0.0 for p in z]
+    # Jacobian of softmax is diag(z) - z z^T (symmetric)
+    mean = sum(p * d for p, d in zip(z, delta, strict=True))
+    return [p * d - p * mean for p, d in zip(z, delta, strict=True)]
 
 
 def famo_logit_gradient(
@@ -42,6 +101,8 @@ def famo_logit_gradient(
     Descending it raises the weight of tasks whose (log) loss fell the least. Only tasks above
     their bound both before and after the step take part (``keep``): the softmax and its
     Jacobian are those of the kept tasks' logits, and every other task's gradient is 0.
+    Computed in float64 on the host (:func:`famo_logit_gradient_values`), returned in
+    ``logits``' dtype and device.
 
     Example:
         >>> g = famo_logit_gradient(torch.zeros(2), torch.tensor([1.0, 1.0]),
@@ -53,16 +114,27 @@ def famo_logit_gradient(
         >>> [round(v, 4) for v in g.tolist()]  # the unlabelled task is not pushed
         [0.1733, 0.0, -0.1733]
     """
-    keep = (previous > min_losses) & (current > min_losses)
-    delta = torch.log(previous - min_losses + eps) - torch.log(current - min_losses + eps)
-    delta = torch.where(keep, delta, 0.0)
-    z = torch.softmax(logits, dim=0) * keep
-    z = z / z.sum().clamp_min(torch.finfo(z.dtype).tiny)
-    # Jacobian of softmax is diag(z) - z z^T (symmetric)
-    return z * delta - z * (z @ delta)
+    values = famo_logit_gradient_values(
+        logits.tolist(), previous.tolist(), current.tolist(), min_losses.tolist(), eps
+    )
+    return torch.tensor(values, dtype=logits.dtype, device=logits.device)
 
 
 FamoUpdate = Literal["same_batch", "next_batch"]
+
+
+class _HostState(NamedTuple):
+    """FAMO's losses and state as Python numbers, read in one host copy."""
+
+    losses: list[float]
+    min_losses: list[float]
+    previous: list[float]
+    logits: list[float]
+    adam_m: list[float]
+    adam_v: list[float]
+    adam_t: int
+    stepped: bool
+    has_previous: bool
 
 
 class FAMO(WeightingStrategy):
@@ -85,7 +157,10 @@ class FAMO(WeightingStrategy):
     averaged over DDP ranks, so all ranks keep identical logits; the weights multiply the local
     losses, so DDP's gradient averaging is exact. A non-finite recomputed loss (a step that
     diverged) leaves the logits as they were; the host's ``nonfinite`` policy then meets it at
-    the next step. Adversarial tasks keep their static weight.
+    the next step. Adversarial tasks keep their static weight. The update and the weights are
+    arithmetic on ``K`` numbers: each step copies the losses and the state to the host once
+    and computes them there in float64 (a few microseconds, where some 70 tensor operations
+    took half a millisecond on the dense model); the state stays in float32 buffers.
 
     A task at or below its bound (no labelled sample on any rank: rank-mean loss 0) gets weight
     0 and the others' weights sum to their number; a step where it is absent before or after
@@ -153,67 +228,91 @@ class FAMO(WeightingStrategy):
             setattr(self, name, torch.zeros(k))
         self.min_losses = torch.tensor([self.min_loss_overrides.get(n, 0.0) for n in self.names])
 
-    def _update_logits(self, before: Tensor, after: Tensor) -> None:
-        grad = famo_logit_gradient(self.logits, before, after, self.min_losses)
-        self.adam_t += 1
-        stepped = adam_step(
-            self.logits, grad, (self.adam_m, self.adam_v), int(self.adam_t), self.lr, self.gamma
-        )
-        # a task absent before or after the step: logit and moments as they were
-        keep = (before > self.min_losses) & (after > self.min_losses)
-        old = (self.logits, self.adam_m, self.adam_v)
-        self.logits, self.adam_m, self.adam_v = (
-            torch.where(keep, new, was) for new, was in zip(stepped, old, strict=True)
-        )
+    def _read(self, losses: Tensor) -> _HostState:
+        """``losses`` (in the logits' dtype) and the state as Python numbers: one copy of the
+        vectors to the host (one device sync), the flags read after it."""
+        k = len(self.names)
+        rows = (losses, self.min_losses, self.previous, self.logits, self.adam_m, self.adam_v)
+        flat = torch.cat(rows).tolist()
+        parts = [flat[i * k : (i + 1) * k] for i in range(len(rows))]
+        flags = int(self.adam_t), bool(self.stepped), bool(self.has_previous)
+        return _HostState(*parts, *flags)
+
+    def _update_logits(self, state: _HostState, after: list[float]) -> list[float]:
+        """One Adam step of the logits from ``state.previous`` to ``after``, written to the
+        buffers; returns the new logits."""
+        low = state.min_losses
+        grad = famo_logit_gradient_values(state.logits, state.previous, after, low)
+        t = state.adam_t + 1
+        logits, m, v = list(state.logits), list(state.adam_m), list(state.adam_v)
+        for i, (before, now) in enumerate(zip(state.previous, after, strict=True)):
+            if before > low[i] and now > low[i]:  # else absent: logit and moments as they were
+                step = adam_step(logits[i], grad[i], (m[i], v[i]), t, self.lr, self.gamma)
+                logits[i], m[i], v[i] = step
+        k = len(logits)
+        new = torch.tensor(logits + m + v, dtype=self.logits.dtype, device=self.logits.device)
+        for i, buffer in enumerate((self.logits, self.adam_m, self.adam_v)):
+            buffer.copy_(new[i * k : (i + 1) * k])
+        self.adam_t.fill_(t)
+        return logits
 
     def after_optimizer_step(self, recompute: Callable[[], Mapping[str, Tensor]]) -> None:
-        if not self.training or not bool(self.has_previous):
+        if not self.training:
             return
-        if self.update == "next_batch":
+        if self.update == "next_batch":  # read only with has_previous, at the next forward
             self.stepped.fill_(True)
+            return
+        if not bool(self.has_previous):
             return
         recomputed = recompute()
         after = torch.stack([recomputed[n].float() for n in self.names])
-        after = self.reduce_mean(after).to(self.logits)
-        if bool(torch.isfinite(after).all()):
-            self._update_logits(self.previous, after)
+        state = self._read(self.reduce_mean(after).to(self.logits))
+        if all(map(math.isfinite, state.losses)):
+            self._update_logits(state, state.losses)
         self.has_previous.fill_(False)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
-        current = torch.stack([losses[n].detach().float() for n in self.names])
+        stacked = torch.stack([losses[n] for n in self.names])
+        current = stacked.detach().float()
         if self.training:
-            current = self.reduce_mean(current).to(self.logits)
-            # one host sync for the finite check and the two flags
-            finite, stepped, has_previous = torch.stack(
-                [torch.isfinite(current).all(), self.stepped, self.has_previous]
-            ).tolist()
-            if not finite:
-                raise FloatingPointError(f"FAMO: non-finite task losses {current.tolist()}")
-            if stepped and has_previous:  # next_batch, after a step
-                self._update_logits(self.previous, current)
-            self.previous = current
-            self.has_previous.fill_(True)
-            self.stepped.fill_(False)
-        dynamic = famo_weights(self.logits, current.to(self.logits), self.min_losses)
+            current = self.reduce_mean(current)
+        state = self._read(current.to(self.logits))
+        logits = state.logits
+        if self.training:
+            if not all(map(math.isfinite, state.losses)):
+                raise FloatingPointError(f"FAMO: non-finite task losses {state.losses}")
+            if state.stepped and state.has_previous:  # next_batch, after a step
+                logits = self._update_logits(state, state.losses)
+            self.previous.copy_(current)
+            if not state.has_previous:
+                self.has_previous.fill_(True)
+            if state.stepped:
+                self.stepped.fill_(False)
+        dynamic = famo_weight_values(logits, state.losses, state.min_losses)
         specs = tuple(tasks)
-        if not bool(torch.isfinite(dynamic).all()):
+        if not all(map(math.isfinite, dynamic)):
             raise FloatingPointError(f"FAMO: non-finite weights {self._weights(dynamic, specs)}")
         self._weights_when_read(lambda: self._weights(dynamic, specs))
-        return self._weighted_total(losses, specs, dynamic)
+        on_device = torch.tensor(dynamic, dtype=self.logits.dtype, device=self.logits.device)
+        return self._weighted_total(losses, specs, on_device, stacked)
 
-    def _weights(self, dynamic: Tensor, tasks: Sequence[TaskSpec]) -> dict[str, float]:
+    def _weights(self, dynamic: Sequence[float], tasks: Sequence[TaskSpec]) -> dict[str, float]:
         """Per task: its FAMO weight (1 for the adversaries) times its ``TaskSpec.weight``."""
-        values = dict(zip(self.names, dynamic.tolist(), strict=True))
+        values = dict(zip(self.names, dynamic, strict=True))
         return {t.name: round(values.get(t.name, 1.0) * t.weight, 6) for t in tasks}
 
     def _weighted_total(
-        self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec], dynamic: Tensor
+        self,
+        losses: Mapping[str, Tensor],
+        tasks: Sequence[TaskSpec],
+        dynamic: Tensor,
+        stacked: Tensor,
     ) -> Tensor:
         """``sum_k w_k L_k`` in the order of ``tasks``, the weights kept on the device: the main
-        tasks' ``dynamic[i] * TaskSpec.weight``, the adversaries' ``TaskSpec.weight``."""
+        tasks' ``dynamic[i] * TaskSpec.weight``, the adversaries' ``TaskSpec.weight``.
+        ``stacked`` holds the main tasks' losses, in the order of :attr:`names`."""
         plain = [t.name for t in tasks] == self.names and all(t.weight == 1.0 for t in tasks)
-        if plain and len({losses[n].dtype for n in self.names}) == 1:
-            stacked = torch.stack([losses[n] for n in self.names])
+        if plain and all(losses[n].dtype == stacked.dtype for n in self.names):
             # the same products and sum as the loop below, in two operations
             return (stacked * dynamic.to(stacked.dtype)).sum()
         index = {n: i for i, n in enumerate(self.names)}

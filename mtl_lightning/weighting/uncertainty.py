@@ -32,9 +32,13 @@ def uncertainty_total(losses: Tensor, log_vars: Tensor, regression: Tensor) -> T
         ...                   torch.tensor([False, True]))
         tensor(2.)
     """
-    scale = torch.where(regression, 0.5, 1.0).to(losses)
-    present = (losses.detach() != 0).to(losses)
-    return (present * (scale * torch.exp(-log_vars) * losses + 0.5 * log_vars)).sum()
+    return _total(losses, log_vars, torch.where(regression, 0.5, 1.0).to(losses))
+
+
+def _total(losses: Tensor, log_vars: Tensor, scale: Tensor) -> Tensor:
+    """:func:`uncertainty_total` with ``scale = c`` given (nine tensor operations)."""
+    terms = scale * torch.exp(-log_vars) * losses + 0.5 * log_vars
+    return torch.where(losses != 0, terms, 0.0).sum()
 
 
 class UncertaintyWeighting(WeightingStrategy):
@@ -78,6 +82,8 @@ class UncertaintyWeighting(WeightingStrategy):
         self.log_vars = nn.Parameter(torch.full((len(main),), float(self.init_log_var)))
         # a multilabel task's BCE is a (Bernoulli) likelihood, weighted like a classification's
         self.regression = torch.tensor([t.kind == "regression" for t in main], dtype=torch.bool)
+        # c_k, derived from `regression` (not checkpointed), in the losses' dtype once seen
+        self.register_buffer("scale", torch.where(self.regression, 0.5, 1.0), persistent=False)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
         static = {t.name: t.weight for t in tasks}
@@ -85,7 +91,9 @@ class UncertaintyWeighting(WeightingStrategy):
         main = torch.stack(
             [losses[n] if static[n] == 1.0 else losses[n] * static[n] for n in self.names]
         )
-        total = uncertainty_total(main, self.log_vars.to(main.dtype), self.regression)
+        if self.scale.dtype != main.dtype:
+            self.scale = self.scale.to(main.dtype)
+        total = _total(main, self.log_vars.to(main.dtype), self.scale)
         extra = [t.weight * losses[t.name] for t in tasks if t.name not in self.names]
         if extra:
             total = total + torch.stack(extra).sum()

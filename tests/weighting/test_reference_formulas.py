@@ -209,6 +209,26 @@ def test_famo_same_batch_update_equals_the_official_code():
     f.after_optimizer_step(lambda: pytest.fail("recomputed in eval mode"))
 
 
+def test_famo_next_batch_update_equals_the_official_code_on_consecutive_batches():
+    """next_batch's "after" losses are the next batch's: the official update fed (L_t, L_t+1)."""
+    gen = torch.Generator().manual_seed(2)
+    f = FAMO(lr=0.05, gamma=0.01, update="next_batch")
+    f.setup(TASKS3)
+    official = _OfficialFamo(3, gamma=0.01, w_lr=0.05)
+    previous = None
+    for _ in range(8):
+        losses = torch.rand(3, generator=gen) + 0.2
+        if previous is not None:
+            official.update(previous, losses)
+        f(_as_dict(losses), TASKS3)  # the update from the last step's losses, then the weights
+        torch.testing.assert_close(f.logits, official.w.detach())
+        expected = 3 * official.weights(losses)
+        assert list(f.last_weights.values()) == pytest.approx(expected.tolist(), abs=1e-5)
+        f.after_optimizer_step(lambda: pytest.fail("next_batch recomputes nothing"))
+        previous = losses
+    assert int(f.adam_t) == 7
+
+
 def test_famo_rejects_an_unknown_update_and_skips_a_diverged_step():
     with pytest.raises(ValueError, match="update must be 'same_batch' or 'next_batch'"):
         FAMO(update="later")  # type: ignore[arg-type]
