@@ -123,6 +123,15 @@ def famo_logit_gradient(
 FamoUpdate = Literal["same_batch", "next_batch"]
 
 
+class _Update(NamedTuple):
+    """New logits and Adam moments, at Adam step ``adam_t``."""
+
+    logits: list[float]
+    adam_m: list[float]
+    adam_v: list[float]
+    adam_t: int
+
+
 class _HostState(NamedTuple):
     """FAMO's losses and state as Python numbers, read in one host copy."""
 
@@ -238,9 +247,8 @@ class FAMO(WeightingStrategy):
         flags = int(self.adam_t), bool(self.stepped), bool(self.has_previous)
         return _HostState(*parts, *flags)
 
-    def _update_logits(self, state: _HostState, after: list[float]) -> list[float]:
-        """One Adam step of the logits from ``state.previous`` to ``after``, written to the
-        buffers; returns the new logits."""
+    def _adam_update(self, state: _HostState, after: list[float]) -> _Update:
+        """One Adam step of the logits from ``state.previous`` to ``after``."""
         low = state.min_losses
         grad = famo_logit_gradient_values(state.logits, state.previous, after, low)
         t = state.adam_t + 1
@@ -249,12 +257,20 @@ class FAMO(WeightingStrategy):
             if before > low[i] and now > low[i]:  # else absent: logit and moments as they were
                 step = adam_step(logits[i], grad[i], (m[i], v[i]), t, self.lr, self.gamma)
                 logits[i], m[i], v[i] = step
-        k = len(logits)
-        new = torch.tensor(logits + m + v, dtype=self.logits.dtype, device=self.logits.device)
+        return _Update(logits, m, v, t)
+
+    def _write(self, update: _Update | None, weights: list[float] | None = None) -> Tensor:
+        """``update`` written to the buffers and ``weights`` put on the device (returned), in
+        one copy from the host."""
+        values = (update.logits + update.adam_m + update.adam_v if update else []) + (weights or [])
+        new = torch.tensor(values, dtype=self.logits.dtype, device=self.logits.device)
+        if update is None:
+            return new
+        k = len(update.logits)
         for i, buffer in enumerate((self.logits, self.adam_m, self.adam_v)):
             buffer.copy_(new[i * k : (i + 1) * k])
-        self.adam_t.fill_(t)
-        return logits
+        self.adam_t.fill_(update.adam_t)
+        return new[3 * k :]
 
     def after_optimizer_step(self, recompute: Callable[[], Mapping[str, Tensor]]) -> None:
         if not self.training:
@@ -268,7 +284,7 @@ class FAMO(WeightingStrategy):
         after = torch.stack([recomputed[n].float() for n in self.names])
         state = self._read(self.reduce_mean(after).to(self.logits))
         if all(map(math.isfinite, state.losses)):
-            self._update_logits(state, state.losses)
+            self._write(self._adam_update(state, state.losses))
         self.has_previous.fill_(False)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
@@ -277,23 +293,24 @@ class FAMO(WeightingStrategy):
         if self.training:
             current = self.reduce_mean(current)
         state = self._read(current.to(self.logits))
-        logits = state.logits
+        logits, update = state.logits, None
         if self.training:
             if not all(map(math.isfinite, state.losses)):
                 raise FloatingPointError(f"FAMO: non-finite task losses {state.losses}")
             if state.stepped and state.has_previous:  # next_batch, after a step
-                logits = self._update_logits(state, state.losses)
+                update = self._adam_update(state, state.losses)
+                logits = update.logits
             self.previous.copy_(current)
             if not state.has_previous:
                 self.has_previous.fill_(True)
             if state.stepped:
                 self.stepped.fill_(False)
         dynamic = famo_weight_values(logits, state.losses, state.min_losses)
+        on_device = self._write(update, dynamic)
         specs = tuple(tasks)
         if not all(map(math.isfinite, dynamic)):
             raise FloatingPointError(f"FAMO: non-finite weights {self._weights(dynamic, specs)}")
         self._weights_when_read(lambda: self._weights(dynamic, specs))
-        on_device = torch.tensor(dynamic, dtype=self.logits.dtype, device=self.logits.device)
         return self._weighted_total(losses, specs, on_device, stacked)
 
     def _weights(self, dynamic: Sequence[float], tasks: Sequence[TaskSpec]) -> dict[str, float]:
