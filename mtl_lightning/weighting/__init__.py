@@ -14,7 +14,7 @@ from mtl_lightning.weighting.famo import FAMO, famo_logit_gradient, famo_weights
 from mtl_lightning.weighting.gradnorm import GradNorm, gradnorm_update, gradnorm_weight_gradient
 from mtl_lightning.weighting.inverse_metric import InverseMetricWeighting, inverse_metric_weights
 from mtl_lightning.weighting.rlw import RandomLossWeighting, random_weights
-from mtl_lightning.weighting.static import StaticWeighting, weighted_sum
+from mtl_lightning.weighting.static import StaticWeighting, task_weights, weighted_sum
 from mtl_lightning.weighting.uncertainty import UncertaintyWeighting, uncertainty_total
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "gradnorm_weight_gradient",
     "inverse_metric_weights",
     "random_weights",
+    "task_weights",
     "uncertainty_total",
     "weighted_sum",
 ]

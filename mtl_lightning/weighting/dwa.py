@@ -9,7 +9,7 @@ from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy
-from mtl_lightning.weighting.static import weighted_sum
+from mtl_lightning.weighting.static import task_weights, weighted_sum
 
 
 def dwa_weights(last: Tensor, before_last: Tensor, temperature: float = 2.0) -> Tensor:
@@ -94,7 +94,6 @@ class DynamicWeightAverage(WeightingStrategy):
         self.epochs_seen += 1
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
-        dynamic = dict(zip(self.names, self.weights().tolist(), strict=True))
-        weights = {t.name: dynamic.get(t.name, 1.0) * t.weight for t in tasks}
+        weights = task_weights(self.names, self.weights().tolist(), tasks)
         self.last_weights = weights
         return weighted_sum(losses, weights)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy, adam_step
+from mtl_lightning.weighting.static import task_weights
 
 
 def _softmax(values: Sequence[float]) -> list[float]:
@@ -315,8 +316,7 @@ class FAMO(WeightingStrategy):
 
     def _weights(self, dynamic: Sequence[float], tasks: Sequence[TaskSpec]) -> dict[str, float]:
         """Per task: its FAMO weight (1 for the adversaries) times its ``TaskSpec.weight``."""
-        values = dict(zip(self.names, dynamic, strict=True))
-        return {t.name: round(values.get(t.name, 1.0) * t.weight, 6) for t in tasks}
+        return task_weights(self.names, dynamic, tasks, digits=6)
 
     def _weighted_total(
         self,

@@ -10,7 +10,7 @@ from torch import Tensor
 from mtl_lightning.metrics.collection import METRIC_KEYS
 from mtl_lightning.tasks import TaskKind, TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy
-from mtl_lightning.weighting.static import weighted_sum
+from mtl_lightning.weighting.static import task_weights, weighted_sum
 
 #: metrics for which a higher value is better; anything else (loss, mse, mae) is lower-is-better
 HIGHER_IS_BETTER = frozenset({"acc", "balanced_acc", "f1", "f1_micro", "f1_macro", "exact_match"})
@@ -197,8 +197,7 @@ class InverseMetricWeighting(WeightingStrategy):
         self.weights = self.smoothing * self.weights + (1 - self.smoothing) * new.to(self.weights)
 
     def forward(self, losses: Mapping[str, Tensor], tasks: Sequence[TaskSpec]) -> Tensor:
-        dynamic = dict(zip(self.names, self.weights.tolist(), strict=True))
         # a TaskSpec weight of 0 (compare's inactive tasks) stays 0
-        weights = {t.name: dynamic.get(t.name, 1.0) * t.weight for t in tasks}
+        weights = task_weights(self.names, self.weights.tolist(), tasks)
         self.last_weights = weights
         return weighted_sum(losses, weights)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy
-from mtl_lightning.weighting.static import weighted_sum
+from mtl_lightning.weighting.static import task_weights, weighted_sum
 
 
 def random_weights(num_tasks: int, seed: int, step: int) -> Tensor:
@@ -82,7 +82,6 @@ class RandomLossWeighting(WeightingStrategy):
             self.step += 1
         else:
             drawn = [1.0] * len(self.names)
-        dynamic = dict(zip(self.names, drawn, strict=True))
-        weights = {t.name: dynamic.get(t.name, 1.0) * t.weight for t in tasks}
+        weights = task_weights(self.names, drawn, tasks)
         self.last_weights = weights
         return weighted_sum(losses, weights)

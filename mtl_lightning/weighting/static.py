@@ -23,6 +23,28 @@ def weighted_sum(losses: Mapping[str, Tensor], weights: Mapping[str, float]) -> 
     return torch.stack([losses[n] if w == 1.0 else w * losses[n] for n, w in weights.items()]).sum()
 
 
+def task_weights(
+    names: Sequence[str],
+    dynamic: Sequence[float],
+    tasks: Sequence[TaskSpec],
+    digits: int | None = None,
+) -> dict[str, float]:
+    """Per task of ``tasks``, in their order: the strategy's weight (``dynamic``, in the order
+    of ``names``; 1 for a task not among them, an adversary) times its ``TaskSpec.weight``,
+    rounded to ``digits`` when given.
+
+    Example:
+        >>> tasks = [TaskSpec("a", 2), TaskSpec("s", 4, weight=0.5, role="adversarial")]
+        >>> task_weights(["a"], [1.25], tasks)
+        {'a': 1.25, 's': 0.5}
+    """
+    values = dict(zip(names, dynamic, strict=True))
+    weights = {t.name: values.get(t.name, 1.0) * t.weight for t in tasks}
+    if digits is None:
+        return weights
+    return {name: round(weight, digits) for name, weight in weights.items()}
+
+
 class StaticWeighting(WeightingStrategy):
     """Fixed weights; tasks not named in ``weights`` use their ``TaskSpec.weight``.
 

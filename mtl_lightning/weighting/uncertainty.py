@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from mtl_lightning.tasks import TaskSpec
 from mtl_lightning.weighting.base import WeightingStrategy
+from mtl_lightning.weighting.static import task_weights
 
 
 def uncertainty_total(losses: Tensor, log_vars: Tensor, regression: Tensor) -> Tensor:
@@ -105,5 +106,4 @@ class UncertaintyWeighting(WeightingStrategy):
     def _weights(self, log_vars: Tensor, tasks: Sequence[TaskSpec]) -> dict[str, float]:
         """The weights ``c_k exp(-s_k)`` of ``log_vars`` (times ``TaskSpec.weight``), per task."""
         scale = torch.where(self.regression.to(log_vars.device), 0.5, 1.0) * torch.exp(-log_vars)
-        weights = dict(zip(self.names, scale.tolist(), strict=True))
-        return {t.name: round(weights.get(t.name, 1.0) * t.weight, 6) for t in tasks}
+        return task_weights(self.names, scale.tolist(), tasks, digits=6)
